@@ -1,0 +1,1 @@
+"""PixelRefer region chat: the model, the chat session, segmentation and video IO."""

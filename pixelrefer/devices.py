@@ -1,0 +1,166 @@
+"""One device and dtype policy for everything that runs a network (PixelRefer, SAM 2.1).
+
+The decisions are pure functions of a GPU inventory, so they can be tested with made-up machines;
+`visible_gpus()` is the only place that asks torch what is really there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = [
+    "GpuInfo",
+    "Placement",
+    "PlacementError",
+    "plan_placement",
+    "resolve_dtype",
+    "visible_gpus",
+]
+
+GIB = 1024**3
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+class PlacementError(ValueError):
+    """The request cannot be served on this machine; the message says why and what would work."""
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """What placement needs to know about one visible GPU."""
+
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+    capability: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the weights go: `device_map` is what transformers/accelerate take."""
+
+    device_map: dict[str, str | int] | str
+    devices: tuple[str, ...]
+    max_memory: dict[int | str, int] | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def primary(self) -> torch.device:
+        """The device that receives inputs (embeddings, vision tower)."""
+        return torch.device(self.devices[0])
+
+
+def visible_gpus() -> list[GpuInfo]:
+    """The CUDA devices torch can use right now (empty on a CPU machine)."""
+    if not torch.cuda.is_available():
+        return []
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        try:
+            free, total = torch.cuda.mem_get_info(index)
+        except RuntimeError:
+            free, total = props.total_memory, props.total_memory
+        gpus.append(GpuInfo(index, props.name, int(total), int(free), (props.major, props.minor)))
+    return gpus
+
+
+def resolve_dtype(dtype: str | torch.dtype, devices: tuple[str, ...], gpus: list[GpuInfo]) -> torch.dtype:
+    """`auto`: bfloat16 when every GPU used has compute capability >= 8.0, float16 on older GPUs, float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        chosen = dtype
+    elif dtype == "auto":
+        used = [g for g in gpus if f"cuda:{g.index}" in devices]
+        if not used:
+            return torch.float32
+        return torch.bfloat16 if all(g.capability >= (8, 0) for g in used) else torch.float16
+    elif dtype in _DTYPES:
+        chosen = _DTYPES[dtype]
+    else:
+        raise PlacementError(f"Unknown dtype '{dtype}': use auto, float32, float16 or bfloat16")
+    if chosen not in (torch.float32, torch.float16, torch.bfloat16):
+        raise PlacementError(f"Unsupported dtype {chosen}: use float32, float16 or bfloat16")
+    if all(d == "cpu" for d in devices) and chosen == torch.float16:
+        raise PlacementError("float16 is not supported on the CPU here: use float32 or bfloat16")
+    return chosen
+
+
+def _fits(gpu: GpuInfo, need_bytes: int, headroom: float) -> bool:
+    return need_bytes <= gpu.free_bytes * (1.0 - headroom)
+
+
+def plan_placement(
+    device: str,
+    gpus: list[GpuInfo],
+    need_bytes: int,
+    *,
+    headroom: float = 0.15,
+) -> Placement:
+    """Choose devices for a model needing `need_bytes` of weights (plus `headroom` of each GPU for activations).
+
+    `device` is `auto` (every visible GPU, else the CPU), `cpu`, `cuda` (the first GPU) or `cuda:N`.
+    A request that cannot be met raises `PlacementError` before anything is loaded.
+    """
+    device = (device or "auto").strip().lower()
+    if device == "cpu":
+        return Placement({"": "cpu"}, ("cpu",))
+    if device == "auto" and not gpus:
+        return Placement({"": "cpu"}, ("cpu",), notes=("no GPU visible: running on the CPU",))
+    if device.startswith("cuda"):
+        if not gpus:
+            raise PlacementError(f"device '{device}' was asked for but no CUDA GPU is visible; use --device cpu")
+        index = 0
+        if ":" in device:
+            try:
+                index = int(device.split(":", 1)[1])
+            except ValueError as exc:
+                raise PlacementError(f"Unknown device '{device}': use auto, cpu, cuda or cuda:N") from exc
+        match = [g for g in gpus if g.index == index]
+        if not match:
+            raise PlacementError(f"GPU {index} is not visible (visible: {[g.index for g in gpus]})")
+        gpu = match[0]
+        if not _fits(gpu, need_bytes, headroom):
+            raise PlacementError(
+                f"The model needs about {need_bytes / GIB:.1f} GiB but GPU {index} ({gpu.name}) has "
+                f"{gpu.free_bytes / GIB:.1f} GiB free; use --quantization 4bit/8bit or --device auto"
+            )
+        return Placement({"": f"cuda:{index}"}, (f"cuda:{index}",))
+    if device != "auto":
+        raise PlacementError(f"Unknown device '{device}': use auto, cpu, cuda or cuda:N")
+
+    ordered = sorted(gpus, key=lambda g: g.index)
+    for gpu in ordered:
+        if _fits(gpu, need_bytes, headroom):
+            return Placement({"": f"cuda:{gpu.index}"}, (f"cuda:{gpu.index}",))
+    budget = {g.index: int(g.free_bytes * (1.0 - headroom)) for g in ordered}
+    if sum(budget.values()) < need_bytes:
+        total = sum(budget.values()) / GIB
+        raise PlacementError(
+            f"The model needs about {need_bytes / GIB:.1f} GiB; the {len(ordered)} visible GPU(s) offer "
+            f"{total:.1f} GiB together; use --quantization 4bit/8bit, a smaller model, or --device cpu"
+        )
+    used = []
+    remaining = need_bytes
+    for gpu in ordered:
+        used.append(gpu)
+        remaining -= budget[gpu.index]
+        if remaining <= 0:
+            break
+    return Placement(
+        "auto",
+        tuple(f"cuda:{g.index}" for g in used),
+        max_memory={g.index: budget[g.index] for g in used},
+        notes=(f"split across {len(used)} GPUs",),
+    )
