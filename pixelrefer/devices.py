@@ -120,7 +120,9 @@ def plan_placement(
         return Placement({"": "cpu"}, ("cpu",), notes=("no GPU visible: running on the CPU",))
     if device.startswith("cuda"):
         if not gpus:
-            raise PlacementError(f"device '{device}' was asked for but no CUDA GPU is visible; use --device cpu")
+            raise PlacementError(
+                f"device '{device}' was asked for but no CUDA GPU is visible; use --device cpu"
+            )
         index = 0
         if ":" in device:
             try:

@@ -88,15 +88,21 @@ def resolve_source(
                 "download it once with network access, or pass a local folder",
             ) from exc
         raise WeightsUnavailable(
-            text, "the hub could not be reached and it is not cached; check the network or pass a local folder"
+            text,
+            "the hub could not be reached and it is not cached; check the network or pass a local folder",
         ) from exc
     except GatedRepoError as exc:
-        raise WeightsUnavailable(text, "the repository is gated; set HF_TOKEN to a token with access") from exc
+        raise WeightsUnavailable(
+            text, "the repository is gated; set HF_TOKEN to a token with access"
+        ) from exc
     except RepositoryNotFoundError as exc:
-        raise WeightsUnavailable(text, "no such repository on the hub (or it is private: set HF_TOKEN)") from exc
+        raise WeightsUnavailable(
+            text, "no such repository on the hub (or it is private: set HF_TOKEN)"
+        ) from exc
     except HFValidationError as exc:
         raise WeightsUnavailable(text, "not a valid hub id") from exc
     except (HfHubHTTPError, OSError) as exc:
         raise WeightsUnavailable(
-            text, "the hub could not be reached and it is not cached; check the network or pass a local folder"
+            text,
+            "the hub could not be reached and it is not cached; check the network or pass a local folder",
         ) from exc

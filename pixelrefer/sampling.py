@@ -57,7 +57,9 @@ def _folder_rule(n_frames: int, fps: float, max_frames: int) -> FrameSample:
     return FrameSample(tuple(chosen), tuple(i / FOLDER_FPS for i in chosen))
 
 
-def _file_rule(n_frames: int, native_fps: float, fps: float, max_frames: int, start_time: float) -> FrameSample:
+def _file_rule(
+    n_frames: int, native_fps: float, fps: float, max_frames: int, start_time: float
+) -> FrameSample:
     # ffmpeg's fps filter with round=down: input frame i (time i / native) falls on output tick
     # floor(i * fps / native). Tick k is filled by the last input frame whose tick is <= k, and ticks
     # run until the end of the clip, floor(n_frames * fps / native) of them. Timestamps are the
