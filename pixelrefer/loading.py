@@ -1,0 +1,218 @@
+"""Turning a checkpoint source into a ready model: files, config, strict weights, dtype, quantization, placement.
+
+The official layout is a folder (or hub repo) with `config.json`, weights as safetensors or
+`pytorch_model*.bin` (single or sharded with an index), tokenizer files and `generation_config.json`;
+`mm_vision_encoder` names the VL3-SigLIP-NaViT repo (a hub id in the releases, a path relative to the
+checkpoint in tests) of which only the two config files are read. Weights are loaded by transformers
+(safetensors, or `.bin` through `torch.load(weights_only=True)`); every tensor must be used, except the
+known-unused `mask_embedding` of Lite.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+)
+
+from .config import PixelReferConfig
+from .devices import Placement, PlacementError, plan_placement, resolve_dtype, visible_gpus
+from .hub import WeightsUnavailable, resolve_source
+from .model import PixelReferForCausalLM
+from .vision import PixelReferImageProcessor, build_processor, load_vision_config
+
+__all__ = ["Loaded", "Quantization", "estimate_weight_bytes", "load_checkpoint", "read_config"]
+
+Quantization = Literal["8bit", "4bit"] | None
+
+KNOWN_UNUSED = ("model.region_encoder.mask_embedding.",)
+UNQUANTIZED_MODULES = ["vision_encoder", "mm_projector", "region_encoder", "lm_head"]
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+_CHECKPOINT_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "*.bin",
+    "merges.txt",
+    "vocab.json",
+    "*.txt",
+    "*.model",
+    "*.jinja",
+]
+
+
+@dataclass
+class Loaded:
+    """Everything `from_pretrained` produces; `PixelRefer` wraps it."""
+
+    model: PixelReferForCausalLM
+    tokenizer: PreTrainedTokenizerBase
+    processor: PixelReferImageProcessor
+    generation_config: GenerationConfig
+    config: PixelReferConfig
+    placement: Placement
+    dtype: torch.dtype
+    quantization: Quantization
+    source: str
+    folder: Path
+
+
+def read_config(folder: Path, *, token: str | None = None) -> PixelReferConfig:
+    """The PixelRefer config with the vision tower's config attached."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise WeightsUnavailable(str(folder.name), "the folder has no config.json")
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    if model_type not in ("pixelrefer_qwen2", "pixelreferlite_qwen2"):
+        raise ValueError(
+            f"'{folder.name}' is not a PixelRefer checkpoint (model_type {model_type!r}; expected "
+            "pixelrefer_qwen2 or pixelreferlite_qwen2)"
+        )
+    config = AutoConfig.from_pretrained(folder)
+    if not config.mm_vision_encoder:
+        raise ValueError("The config names no mm_vision_encoder")
+    vision_folder = resolve_source(
+        config.mm_vision_encoder,
+        base_dir=folder,
+        allow_patterns=["config.json", "preprocessor_config.json"],
+        token=token,
+    )
+    vision_config, preprocessor = load_vision_config(vision_folder)
+    config.vision_config = vision_config
+    config.preprocessor = preprocessor
+    return config
+
+
+def estimate_weight_bytes(config: PixelReferConfig, dtype: torch.dtype, quantization: Quantization) -> int:
+    """Bytes of weights once loaded, counted on a meta-device model (LLM linears shrink when quantized)."""
+    with torch.device("meta"):
+        model = PixelReferForCausalLM(config)
+    element = torch.finfo(dtype).bits // 8
+    per_quantized = {None: element, "8bit": 1.0, "4bit": 0.5 + 0.07}[quantization]
+    total = 0.0
+    seen = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        quantized = (
+            quantization is not None
+            and param.dim() == 2
+            and name.startswith("model.layers.")
+            and not any(part in name for part in UNQUANTIZED_MODULES)
+        )
+        total += param.numel() * (per_quantized if quantized else element)
+    return int(total)
+
+
+def _check_files(folder: Path, source: str) -> None:
+    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        raise WeightsUnavailable(source, "no weights found (model.safetensors or pytorch_model*.bin)")
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise WeightsUnavailable(source, "no tokenizer files found")
+
+
+def _quantization_config(quantization: Quantization, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    if quantization is None:
+        return None
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=UNQUANTIZED_MODULES)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=UNQUANTIZED_MODULES,
+        )
+    raise ValueError(f"Unknown quantization '{quantization}': use none, 8bit or 4bit")
+
+
+def _strict(info: dict, config: PixelReferConfig) -> None:
+    missing = [
+        k for k in info.get("missing_keys", []) if not (k == "lm_head.weight" and config.tie_word_embeddings)
+    ]
+    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(KNOWN_UNUSED)]
+    mismatched = [
+        str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get("mismatched_keys", [])
+    ]
+    problems = []
+    if missing:
+        problems.append("missing tensors: " + ", ".join(sorted(missing)[:10]))
+    if unexpected:
+        problems.append("unexpected tensors: " + ", ".join(sorted(unexpected)[:10]))
+    if mismatched:
+        problems.append("tensors of the wrong shape: " + ", ".join(sorted(mismatched)[:10]))
+    if problems:
+        raise ValueError("The checkpoint does not match the model: " + "; ".join(problems))
+
+
+def load_checkpoint(
+    source: str,
+    *,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    quantization: Quantization = None,
+    attn_implementation: str = "sdpa",
+    token: str | None = None,
+) -> Loaded:
+    """Resolve, check and load a PixelRefer checkpoint; any failure is raised before weights are read."""
+    if quantization in ("none", ""):
+        quantization = None
+    if quantization not in (None, "8bit", "4bit"):
+        raise ValueError(f"Unknown quantization '{quantization}': use none, 8bit or 4bit")
+    folder = resolve_source(source, allow_patterns=_CHECKPOINT_PATTERNS, token=token)
+    _check_files(folder, str(source))
+    config = read_config(folder, token=token)
+    gpus = visible_gpus()
+    provisional = plan_placement(device, gpus, 0)
+    torch_dtype = resolve_dtype(dtype, provisional.devices, gpus)
+    placement = plan_placement(device, gpus, estimate_weight_bytes(config, torch_dtype, quantization))
+    if quantization is not None and placement.devices == ("cpu",) and torch_dtype == torch.float16:
+        raise PlacementError("float16 quantized compute is not supported on the CPU: use float32")
+    config._attn_implementation = attn_implementation
+    config.vision_config._attn_implementation = attn_implementation
+    logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+    model, info = PixelReferForCausalLM.from_pretrained(
+        folder,
+        config=config,
+        dtype=torch_dtype,
+        device_map=placement.device_map,
+        max_memory=placement.max_memory,
+        quantization_config=_quantization_config(quantization, torch_dtype),
+        output_loading_info=True,
+    )
+    _strict(info, config)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        generation_config = GenerationConfig.from_pretrained(folder)
+    except OSError:
+        generation_config = GenerationConfig.from_model_config(config)
+    return Loaded(
+        model=model,
+        tokenizer=tokenizer,
+        processor=build_processor(config.preprocessor),
+        generation_config=generation_config,
+        config=config,
+        placement=placement,
+        dtype=torch_dtype,
+        quantization=quantization,
+        source=str(source),
+        folder=folder,
+    )

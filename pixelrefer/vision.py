@@ -1,0 +1,183 @@
+"""The VL3-SigLIP-NaViT tower and its preprocessing, as transformers' VideoLLaMA 3 parts.
+
+PixelRefer checkpoints name the tower `DAMO-NLP-SG/VL3-SigLIP-NaViT` (or, in tests, a folder). Only that
+repo's `config.json` and `preprocessor_config.json` are read; the weights live in the PixelRefer
+checkpoint under `model.vision_encoder.vision_encoder.*`. What PixelRefer changes about the processor is
+the size rule (spec §3.1): the official `smart_resize` scales tiny images up to the patch factor first,
+and the pixel budget is divided among the images of one call; both are applied here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import VideoLlama3VisionConfig, VideoLlama3VisionModel
+from transformers.image_utils import PILImageResampling, SizeDict
+from transformers.models.video_llama_3.image_processing_pil_video_llama_3 import (
+    VideoLlama3ImageProcessorPil,
+)
+
+__all__ = [
+    "PATCH_SIZE",
+    "PixelReferImageProcessor",
+    "ProcessedImages",
+    "VisionTower",
+    "load_vision_config",
+    "smart_resize",
+]
+
+PATCH_SIZE = 14
+
+_VISION_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_channels",
+    "patch_size",
+    "hidden_act",
+    "layer_norm_eps",
+    "attention_dropout",
+)
+
+
+def load_vision_config(folder: Path) -> tuple[VideoLlama3VisionConfig, dict]:
+    """Read the tower's `config.json` (flat, or nested under `vision_config`) and `preprocessor_config.json`."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"The vision encoder folder has no config.json: {folder.name}")
+    raw = json.loads(config_path.read_text())
+    values = raw.get("vision_config", raw) if isinstance(raw.get("vision_config"), dict) else raw
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in values]
+    if missing:
+        raise ValueError(f"The vision encoder config lacks {', '.join(missing)}")
+    config = VideoLlama3VisionConfig(**{k: values[k] for k in _VISION_FIELDS if k in values})
+    pre_path = folder / "preprocessor_config.json"
+    preprocessor = json.loads(pre_path.read_text()) if pre_path.is_file() else {}
+    return config, preprocessor
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """The official target size: a multiple of `factor` per side, the area within [min_pixels, max_pixels].
+
+    Unlike transformers' copy, a side shorter than `factor` first scales the image so that side equals it.
+    """
+    if height < factor or width < factor:
+        scale = factor / min(height, width)
+        width = round(scale * width)
+        height = round(scale * height)
+    elif max(height, width) / min(height, width) > 200:
+        raise ValueError(f"The image is too elongated ({width}x{height}): the aspect ratio must be below 200")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = math.floor(height / beta / factor) * factor
+        w_bar = math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    if h_bar <= 0 or w_bar <= 0:
+        raise ValueError(f"The image ({width}x{height}) is too small to be resized for the vision encoder")
+    return h_bar, w_bar
+
+
+class PixelReferImageProcessor(VideoLlama3ImageProcessorPil):
+    """VideoLLaMA 3's PIL processor with the official PixelRefer size rule."""
+
+    def resize(self, image: np.ndarray, size: SizeDict, resample, factor: int, **kwargs) -> np.ndarray:
+        height, width = image.shape[-2:]
+        target_h, target_w = smart_resize(height, width, factor, size.shortest_edge, size.longest_edge)
+        return super(VideoLlama3ImageProcessorPil, self).resize(
+            image=image, size=SizeDict(height=target_h, width=target_w), resample=resample
+        )
+
+
+@dataclass
+class ProcessedImages:
+    """Patch rows of several images, with each image's (t, h, w) patch grid and merge size."""
+
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor
+    merge_sizes: torch.Tensor
+
+    def split(self) -> list[torch.Tensor]:
+        """Patch rows of each image."""
+        return list(self.pixel_values.split(self.grid_thw.prod(dim=1).tolist()))
+
+
+def build_processor(preprocessor: dict) -> PixelReferImageProcessor:
+    """The processor with the tower repo's normalisation; sizes are given per call."""
+    return PixelReferImageProcessor(
+        image_mean=preprocessor.get("image_mean", [0.5, 0.5, 0.5]),
+        image_std=preprocessor.get("image_std", [0.5, 0.5, 0.5]),
+        rescale_factor=preprocessor.get("rescale_factor", 1 / 255),
+        resample=PILImageResampling(preprocessor.get("resample", PILImageResampling.BICUBIC)),
+        min_pixels=preprocessor.get("min_pixels", 56 * 56),
+        patch_size=preprocessor.get("patch_size", PATCH_SIZE),
+    )
+
+
+def preprocess_images(
+    processor: PixelReferImageProcessor,
+    images: list[np.ndarray],
+    *,
+    downsampling: int,
+    max_pixels: int,
+    merge_size: int,
+    shared_by: int | None = None,
+) -> ProcessedImages:
+    """Resize, normalise and patchify `images` as one official `_process_image` call.
+
+    `max_pixels` is the model's budget (mm_max_length x merge^2 x 14^2); the official code divides it by
+    (merge / downsampling)^2 and then by the number of images in the call, `shared_by` (default: all of
+    `images`; pass the call's full count when processing only some of its images).
+    """
+    count = len(images) if shared_by is None else shared_by
+    per_image = int(int(max_pixels / (merge_size / downsampling) ** 2) // count)
+    rows, grids = [], []
+    for image in images:
+        out = processor(
+            images=image,
+            size={"shortest_edge": processor.size["shortest_edge"], "longest_edge": per_image},
+            merge_size=downsampling,
+            input_data_format="channels_last",
+            return_tensors="pt",
+        )
+        rows.append(out["pixel_values"])
+        grids.append(out["image_grid_thw"])
+    grid_thw = torch.cat(grids)
+    return ProcessedImages(
+        torch.cat(rows), grid_thw, torch.full((grid_thw.shape[0],), downsampling, dtype=torch.long)
+    )
+
+
+class VisionTower(nn.Module):
+    """Holds the tower under the checkpoint's `vision_encoder.vision_encoder` prefix."""
+
+    def __init__(self, config: VideoLlama3VisionConfig) -> None:
+        super().__init__()
+        self.vision_encoder = VideoLlama3VisionModel(config)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.vision_encoder.config.hidden_size
+
+    def forward(self, images: ProcessedImages, *, round_to_bfloat16: bool = False) -> torch.Tensor:
+        """Features per patch (merge 1) or per merged 2x2 block (merge 2), images concatenated."""
+        device = self.vision_encoder.embeddings.patch_embedding.weight.device
+        pixels = images.pixel_values
+        if round_to_bfloat16:
+            pixels = pixels.to(torch.bfloat16)
+        return self.vision_encoder(
+            pixel_values=pixels.to(device),
+            grid_thw=images.grid_thw.to(device),
+            merge_sizes=images.merge_sizes.to(device),
+        ).last_hidden_state
