@@ -11,7 +11,8 @@ known-unused `mask_embedding` of Lite.
 from __future__ import annotations
 
 import json
-import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,7 @@ from transformers import (
     GenerationConfig,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from .config import PixelReferConfig
 from .devices import Placement, PlacementError, plan_placement, resolve_dtype, visible_gpus
@@ -143,6 +145,20 @@ def _quantization_config(quantization: Quantization, dtype: torch.dtype) -> Bits
     raise ValueError(f"Unknown quantization '{quantization}': use none, 8bit or 4bit")
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """transformers' load-time chatter (progress bars, tensor-parallel notes) is not for our users."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def _strict(info: dict, config: PixelReferConfig) -> None:
     missing = [
         k for k in info.get("missing_keys", []) if not (k == "lm_head.weight" and config.tie_word_embeddings)
@@ -187,19 +203,19 @@ def load_checkpoint(
         raise PlacementError("float16 quantized compute is not supported on the CPU: use float32")
     config._attn_implementation = attn_implementation
     config.vision_config._attn_implementation = attn_implementation
-    logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
-    model, info = PixelReferForCausalLM.from_pretrained(
-        folder,
-        config=config,
-        dtype=torch_dtype,
-        device_map=placement.device_map,
-        max_memory=placement.max_memory,
-        quantization_config=_quantization_config(quantization, torch_dtype),
-        output_loading_info=True,
-    )
-    _strict(info, config)
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with _quiet():
+        model, info = PixelReferForCausalLM.from_pretrained(
+            folder,
+            config=config,
+            dtype=torch_dtype,
+            device_map=placement.device_map,
+            max_memory=placement.max_memory,
+            quantization_config=_quantization_config(quantization, torch_dtype),
+            output_loading_info=True,
+        )
+        _strict(info, config)
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     try:
         generation_config = GenerationConfig.from_pretrained(folder)
     except OSError:
