@@ -31,6 +31,7 @@ from .generation import (
 )
 from .images import ImageInput, load_image
 from .loading import Loaded, Quantization, load_checkpoint
+from .masks import to_bool_mask
 from .objects import ObjectCrop, global_view, plan_crop
 from .processing import (
     MediaSlot,
@@ -45,7 +46,7 @@ from .processing import (
 )
 from .vision import ProcessedImages, preprocess_images
 
-__all__ = ["Chunk", "Embedded", "GenerationResult", "PixelRefer", "Prepared", "Video"]
+__all__ = ["Chunk", "Embedded", "GenerationResult", "PixelRefer", "Prepared", "Video", "frame_mask"]
 
 MaskInput = np.ndarray | torch.Tensor
 Region = MaskInput | Mapping[int, MaskInput]
@@ -145,28 +146,22 @@ class Chunk:
     result: GenerationResult | None = None
 
 
-def _as_mask(mask: MaskInput, shape: tuple[int, int], label: str) -> np.ndarray:
-    """bool, 0/1, 0/255 and integer masks: non-zero is inside; float masks: >= 0.5 is inside."""
+def frame_mask(mask: MaskInput, shape: tuple[int, int], label: str) -> np.ndarray:
+    """A mask in any accepted format (see `masks.to_bool_mask`) as bool, checked against its frame's size."""
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     array = np.asarray(mask)
-    if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
-        array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
-    if array.ndim != 2:
-        raise ValueError(f"{label} must be a 2-D mask; got shape {array.shape}")
-    if array.shape != shape:
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    try:
+        binary = to_bool_mask(array)
+    except ValueError as exc:
+        raise ValueError(f"{label}: {exc}") from exc
+    if binary.shape != tuple(shape):
         raise ValueError(
-            f"{label} is {array.shape[1]}x{array.shape[0]} but its frame is {shape[1]}x{shape[0]} (width x height)"
+            f"{label} is {binary.shape[1]}x{binary.shape[0]} but its frame is {shape[1]}x{shape[0]} (width x height)"
         )
-    if array.dtype == np.bool_:
-        return array
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ValueError(f"{label} contains NaN or infinite values")
-        return array >= 0.5
-    if np.issubdtype(array.dtype, np.integer):
-        return array != 0
-    raise ValueError(f"{label} has an unsupported type {array.dtype}")
+    return binary
 
 
 class PixelRefer:
@@ -272,7 +267,7 @@ class PixelRefer:
                     where = "the image" if media.modality == "image" else "the annotated frames"
                     raise ValueError(f"Object {number} has a mask on frame {frame_index}, which {where} lack")
                 frame = media.annotated[frame_index]
-                mask = _as_mask(by_frame[frame_index], frame.shape[:2], f"The mask of object {number}")
+                mask = frame_mask(by_frame[frame_index], frame.shape[:2], f"The mask of object {number}")
                 if mask.any():
                     masks.append((frame_index, mask))
             if not masks:
