@@ -1,38 +1,52 @@
-"""PixelRefer region chat: the model, the chat session, segmentation and video IO."""
+"""PixelRefer region chat: the model, the chat session, segmentation and video IO.
 
-from .cache import FeatureCache, PrefixCache
-from .config import PixelReferConfig, PixelReferLiteConfig
-from .devices import GpuInfo, Placement, PlacementError, plan_placement
-from .generation import GenerationSettings, GenerationTimeout
-from .hub import WeightsUnavailable
-from .images import ImageError, load_image
-from .inference import Chunk, Embedded, GenerationResult, PixelRefer, Prepared, Video
-from .processing import MEDIA, ObjectRef, Turn
-from .sampling import FrameSample, sample_frames
+Names are imported on first use, so `import pixelrefer` (and the CLI's argument checking) stays fast and
+quiet until a model is actually needed.
+"""
 
-__all__ = [
-    "MEDIA",
-    "Chunk",
-    "Embedded",
-    "FeatureCache",
-    "FrameSample",
-    "GenerationResult",
-    "GenerationSettings",
-    "GenerationTimeout",
-    "GpuInfo",
-    "ImageError",
-    "ObjectRef",
-    "PixelRefer",
-    "PixelReferConfig",
-    "PixelReferLiteConfig",
-    "Placement",
-    "PlacementError",
-    "Prepared",
-    "PrefixCache",
-    "Turn",
-    "Video",
-    "WeightsUnavailable",
-    "load_image",
-    "plan_placement",
-    "sample_frames",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FeatureCache": "cache",
+    "PrefixCache": "cache",
+    "ChatLimits": "chat",
+    "ChatObject": "chat",
+    "ChatSession": "chat",
+    "Exchange": "chat",
+    "Reply": "chat",
+    "PixelReferConfig": "config",
+    "PixelReferLiteConfig": "config",
+    "GpuInfo": "devices",
+    "Placement": "devices",
+    "PlacementError": "devices",
+    "plan_placement": "devices",
+    "GenerationSettings": "generation",
+    "GenerationTimeout": "generation",
+    "WeightsUnavailable": "hub",
+    "ImageError": "images",
+    "load_image": "images",
+    "Chunk": "inference",
+    "Embedded": "inference",
+    "GenerationResult": "inference",
+    "PixelRefer": "inference",
+    "Prepared": "inference",
+    "Video": "inference",
+    "MEDIA": "processing",
+    "ObjectRef": "processing",
+    "Turn": "processing",
+    "FrameSample": "sampling",
+    "sample_frames": "sampling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pixelrefer' has no attribute {name!r}")
