@@ -6,6 +6,8 @@ The decisions are pure functions of a GPU inventory, so they can be tested with 
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +16,7 @@ __all__ = [
     "GpuInfo",
     "Placement",
     "PlacementError",
+    "plan_loading",
     "plan_placement",
     "resolve_dtype",
     "visible_gpus",
@@ -119,16 +122,15 @@ def plan_placement(
     if device == "auto" and not gpus:
         return Placement({"": "cpu"}, ("cpu",), notes=("no GPU visible: running on the CPU",))
     if device.startswith("cuda"):
+        # Only `cuda` and `cuda:N`: a typo such as `cuda1` must not silently mean GPU 0.
+        match = re.fullmatch(r"cuda(?::(\d+))?", device)
+        if match is None:
+            raise PlacementError(f"Unknown device '{device}': use auto, cpu, cuda or cuda:N")
         if not gpus:
             raise PlacementError(
                 f"device '{device}' was asked for but no CUDA GPU is visible; use --device cpu"
             )
-        index = 0
-        if ":" in device:
-            try:
-                index = int(device.split(":", 1)[1])
-            except ValueError as exc:
-                raise PlacementError(f"Unknown device '{device}': use auto, cpu, cuda or cuda:N") from exc
+        index = int(match.group(1) or 0)
         match = [g for g in gpus if g.index == index]
         if not match:
             raise PlacementError(f"GPU {index} is not visible (visible: {[g.index for g in gpus]})")
@@ -166,3 +168,24 @@ def plan_placement(
         max_memory={g.index: budget[g.index] for g in used},
         notes=(f"split across {len(used)} GPUs",),
     )
+
+
+def plan_loading(
+    device: str,
+    dtype: str | torch.dtype,
+    gpus: list[GpuInfo],
+    weight_bytes: Callable[[torch.dtype], int],
+) -> tuple[Placement, torch.dtype]:
+    """Placement and dtype together, since each depends on the other.
+
+    The dtype decides the size (`weight_bytes(dtype)`), and the size decides which GPUs are used. With
+    `dtype="auto"` the dtype is resolved again on the GPUs finally chosen: a model split onto an older
+    GPU (compute capability < 8.0) must run in float16 there, not in the bfloat16 the first GPU allows.
+    """
+    provisional = plan_placement(device, gpus, 0)
+    chosen = resolve_dtype(dtype, provisional.devices, gpus)
+    placement = plan_placement(device, gpus, weight_bytes(chosen))
+    final = resolve_dtype(dtype, placement.devices, gpus)
+    if final != chosen:
+        placement = plan_placement(device, gpus, weight_bytes(final))
+    return placement, final

@@ -11,6 +11,7 @@ known-unused `mask_embedding` of Lite.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from .config import PixelReferConfig
-from .devices import Placement, PlacementError, plan_placement, resolve_dtype, visible_gpus
+from .devices import Placement, PlacementError, plan_loading, visible_gpus
 from .hub import WeightsUnavailable, resolve_source
 from .model import PixelReferForCausalLM
 from .vision import PixelReferImageProcessor, build_processor, load_vision_config
@@ -38,7 +39,9 @@ __all__ = ["Loaded", "Quantization", "estimate_weight_bytes", "load_checkpoint",
 Quantization = Literal["8bit", "4bit"] | None
 
 KNOWN_UNUSED = ("model.region_encoder.mask_embedding.",)
-UNQUANTIZED_MODULES = ["vision_encoder", "mm_projector", "region_encoder", "lm_head"]
+# Full module-path prefixes: transformers matches skip patterns from the start of the name or as a suffix,
+# so a bare "vision_encoder" would not keep "model.vision_encoder.*" unquantized.
+UNQUANTIZED_MODULES = ["model.vision_encoder", "model.mm_projector", "model.region_encoder", "lm_head"]
 _WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -165,7 +168,10 @@ def _strict(info: dict, config: PixelReferConfig) -> None:
     ]
     unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(KNOWN_UNUSED)]
     mismatched = [
-        str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get("mismatched_keys", [])
+        f"{item[0]} (checkpoint {list(item[1])}, model {list(item[2])})"
+        if isinstance(item, tuple) and len(item) == 3
+        else str(item[0] if isinstance(item, tuple) else item)
+        for item in info.get("mismatched_keys", [])
     ]
     problems = []
     if missing:
@@ -195,24 +201,32 @@ def load_checkpoint(
     folder = resolve_source(source, allow_patterns=_CHECKPOINT_PATTERNS, token=token)
     _check_files(folder, str(source))
     config = read_config(folder, token=token)
-    gpus = visible_gpus()
-    provisional = plan_placement(device, gpus, 0)
-    torch_dtype = resolve_dtype(dtype, provisional.devices, gpus)
-    placement = plan_placement(device, gpus, estimate_weight_bytes(config, torch_dtype, quantization))
+    placement, torch_dtype = plan_loading(
+        device, dtype, visible_gpus(), lambda chosen: estimate_weight_bytes(config, chosen, quantization)
+    )
     if quantization is not None and placement.devices == ("cpu",) and torch_dtype == torch.float16:
         raise PlacementError("float16 quantized compute is not supported on the CPU: use float32")
     config._attn_implementation = attn_implementation
     config.vision_config._attn_implementation = attn_implementation
     with _quiet():
-        model, info = PixelReferForCausalLM.from_pretrained(
-            folder,
-            config=config,
-            dtype=torch_dtype,
-            device_map=placement.device_map,
-            max_memory=placement.max_memory,
-            quantization_config=_quantization_config(quantization, torch_dtype),
-            output_loading_info=True,
-        )
+        try:
+            model, info = PixelReferForCausalLM.from_pretrained(
+                folder,
+                config=config,
+                dtype=torch_dtype,
+                device_map=placement.device_map,
+                max_memory=placement.max_memory,
+                quantization_config=_quantization_config(quantization, torch_dtype),
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                weights_only=True,
+            )
+        except pickle.UnpicklingError as exc:
+            # torch's own message suggests weights_only=False, which is exactly what must not be done.
+            raise ValueError(
+                f"Cannot load '{source}': a pytorch_model*.bin file holds objects other than tensors, so it "
+                "was refused (weights are only read as plain tensors); use a safetensors checkpoint"
+            ) from exc
         _strict(info, config)
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
