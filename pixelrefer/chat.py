@@ -155,7 +155,8 @@ class ChatSession:
     """A conversation about the objects of one image or clip, with caches that make follow-ups cheap.
 
     Give `image=` or `clip=` (a `pixelrefer.video.Clip`). Masks of a clip are keyed by clip frame index
-    and must lie on sampled frames or on frames passed in `extra_frames`.
+    and must lie on sampled frames or on frames passed in `extra_frames`. `caching=False` re-encodes
+    everything every turn (the baseline the benchmarks compare against); answers are the same.
     """
 
     def __init__(
@@ -166,6 +167,7 @@ class ChatSession:
         clip: Clip | None = None,
         extra_frames: Mapping[int, np.ndarray] | None = None,
         limits: ChatLimits | None = None,
+        caching: bool = True,
     ) -> None:
         if (image is None) == (clip is None):
             raise ValueError("A chat is about exactly one image or one clip")
@@ -182,6 +184,7 @@ class ChatSession:
         self.history: list[Exchange] = []
         self.feature_cache = FeatureCache(self.limits.cache_bytes)
         self.prefix_cache = PrefixCache()
+        self.caching = caching
         self._next_id = 1
         self._next_color = 0
         self._stop = threading.Event()
@@ -390,8 +393,8 @@ class ChatSession:
         for chunk in self.model.stream(
             prepared=prepared,
             settings=exchange.settings,
-            cache=self.feature_cache,
-            prefix=self.prefix_cache,
+            cache=self.feature_cache if self.caching else None,
+            prefix=self.prefix_cache if self.caching else None,
             stop=self._stop,
         ):
             result = chunk.result

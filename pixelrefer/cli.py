@@ -83,6 +83,23 @@ def _existing(path: str, what: str) -> Path:
     return resolved
 
 
+def _fit(mask, shape: tuple[int, int], path: str, *, resize: bool):
+    """A mask of the frame's size; a clip's frames may have been shrunk, so its masks follow (nearest)."""
+    import cv2
+    import numpy as np
+
+    if not mask.any():
+        raise CliError(f"mask {path} is empty")
+    if mask.shape == tuple(shape):
+        return mask
+    same_ratio = abs(mask.shape[0] * shape[1] - mask.shape[1] * shape[0]) <= max(mask.shape)
+    if resize and same_ratio:
+        return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+    raise CliError(
+        f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the frame is {shape[1]}x{shape[0]} (width x height)"
+    )
+
+
 def _read_inputs(args: argparse.Namespace):
     """Media, masks by object and the session's frames, all read before any model is loaded."""
     from .images import ImageError, load_image
@@ -98,7 +115,7 @@ def _read_inputs(args: argparse.Namespace):
     try:
         if args.image:
             image = load_image(_existing(args.image, "image"))
-            objects = [{0: mask_at(path)} for path in args.mask]
+            objects = [{0: _fit(mask_at(path), image.shape[:2], path, resize=False)} for path in args.mask]
             return {"image": image}, objects
         from .video import load_clip, load_frame_folder, read_frames
 
@@ -106,6 +123,7 @@ def _read_inputs(args: argparse.Namespace):
         clip = load_frame_folder(source) if source.is_dir() else load_clip(source)
     except (ImageError, MediaRejected) as exc:
         raise CliError(str(exc)) from exc
+    frame_shape = clip.frames[0].shape[:2]
     objects: dict[int, dict[int, object]] = {}
     for spec in args.mask:
         match = _VIDEO_MASK.match(spec)
@@ -114,7 +132,8 @@ def _read_inputs(args: argparse.Namespace):
         number = int(match["object"]) if match["object"] else len(objects) + 1
         if number < 1:
             raise CliError(f"object numbers start at 1; got {spec!r}")
-        objects.setdefault(number, {})[int(match["frame"])] = mask_at(match["path"])
+        mask = _fit(mask_at(match["path"]), frame_shape, match["path"], resize=True)
+        objects.setdefault(number, {})[int(match["frame"])] = mask
     if sorted(objects) != list(range(1, len(objects) + 1)):
         raise CliError(f"objects must be numbered 1..{len(objects)} without gaps; got {sorted(objects)}")
     frames = {f for masks in objects.values() for f in masks}
