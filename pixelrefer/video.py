@@ -1,0 +1,360 @@
+"""Clips in and out: metadata, the frames the model sees, and overlay videos a browser can play.
+
+Reading goes through moviepy's ffmpeg reader, decoding once from the start and keeping only the chosen
+frames (clips have few keyframes, so seeking per frame is slower). Which frames are chosen is decided by
+`pixelrefer.sampling`, from an exact frame count: moviepy's own count is `int(duration * fps)` with the
+duration rounded to 10 ms, which is one frame short on 29.97 fps clips, so the count and rate come from
+the container's packets instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from moviepy.config import FFMPEG_BINARY
+from moviepy.video.io.ffmpeg_reader import FFMPEG_VideoReader, ffmpeg_parse_infos
+from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
+from PIL import Image
+
+from pixelrefer.limits import MediaLimits, MediaRejected
+from pixelrefer.masks import ObjectId, object_color, to_bool_mask
+from pixelrefer.sampling import sample_frames
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Clip",
+    "VideoInfo",
+    "load_clip",
+    "load_frame_folder",
+    "overlay_image",
+    "probe_video",
+    "read_frames",
+    "write_overlay_video",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_TINT = 0.45
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video file holds, read before anything is decoded."""
+
+    path: Path
+    width: int
+    height: int
+    fps: float
+    n_frames: int
+    duration: float
+    start_time: float
+    file_size: int
+
+
+@dataclass(frozen=True)
+class Clip:
+    """The sampled frames of a clip: `frames[k]` is source frame `indices[k]`, shown at `timestamps[k]` s."""
+
+    frames: tuple[np.ndarray, ...]
+    indices: tuple[int, ...]
+    timestamps: tuple[float, ...]
+    native_fps: float
+    source: Literal["file", "folder"]
+    notes: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frames as decoded."""
+        height, width = self.frames[0].shape[:2]
+        return width, height
+
+
+def _packet_count_and_rate(path: Path) -> tuple[int, Fraction | None]:
+    """Count the video packets and read the exact frame rate from their durations (no decoding)."""
+    command = [FFMPEG_BINARY, "-hide_banner", "-loglevel", "error", "-i", str(path)]
+    command += ["-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"]
+    listing = subprocess.run(command, capture_output=True, text=True, check=False)
+    if listing.returncode != 0:
+        raise MediaRejected(f"{path.name} could not be read as a video: {listing.stderr.strip()[-300:]}")
+    time_base = None
+    durations: Counter[int] = Counter()
+    count = 0
+    for line in listing.stdout.splitlines():
+        if line.startswith("#tb 0:"):
+            time_base = Fraction(line.split(":", 1)[1].strip())
+        elif line and not line.startswith("#"):
+            fields = [field.strip() for field in line.split(",")]
+            if fields[0] == "0":
+                count += 1
+                durations[int(fields[3])] += 1
+    typical = durations.most_common(1)[0][0] if durations else 0
+    rate = 1 / (typical * time_base) if time_base and typical > 0 else None
+    return count, rate
+
+
+def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> VideoInfo:
+    """Read a video file's metadata, refusing files over the upload size or without a video stream."""
+    source = Path(path)
+    if not source.is_file():
+        raise MediaRejected(f"{source} does not exist")
+    file_size = source.stat().st_size
+    (limits or MediaLimits()).check_upload_size(file_size, source.name)
+    try:
+        infos = ffmpeg_parse_infos(str(source))
+    except OSError as exc:
+        raise MediaRejected(f"{source.name} could not be read as a video: {exc}") from exc
+    if not infos.get("video_found"):
+        raise MediaRejected(f"{source.name} has no video stream")
+    width, height = infos["video_size"]
+    if abs(infos.get("video_rotation", 0)) in (90, 270):
+        width, height = height, width
+    count, rate = _packet_count_and_rate(source)
+    if count == 0:
+        raise MediaRejected(f"{source.name} has a video stream without frames")
+    fps = float(rate) if rate else float(infos["video_fps"])
+    return VideoInfo(
+        path=source,
+        width=int(width),
+        height=int(height),
+        fps=fps,
+        n_frames=count,
+        duration=count / fps,
+        start_time=float(infos.get("start") or 0.0),
+        file_size=file_size,
+    )
+
+
+def read_frames(
+    path: str | os.PathLike,
+    indices: Sequence[int],
+    *,
+    size: tuple[int, int] | None = None,
+) -> list[np.ndarray]:
+    """Decode the frames at `indices` (any order, repeats allowed) as HxWx3 uint8 RGB, in that order.
+
+    Decodes once from the start up to the last index; `size` (width, height) resizes in ffmpeg.
+    """
+    if not indices:
+        return []
+    if min(indices) < 0:
+        raise ValueError("Frame indices are never negative")
+    wanted = set(indices)
+    last = max(indices)
+    reader = FFMPEG_VideoReader(str(path), decode_file=False, target_resolution=size)
+    kept: dict[int, np.ndarray] = {}
+    try:
+        # The reader has already decoded frame 0 into `last_read` when it opens.
+        frame = reader.last_read
+        for position in range(last + 1):
+            if position > 0:
+                if position in wanted:
+                    frame = reader.read_frame()
+                else:
+                    reader.skip_frames(1)
+                    continue
+            if position in wanted:
+                kept[position] = np.array(frame[..., :3], dtype=np.uint8)
+    finally:
+        reader.close()
+    return [kept[index] for index in indices]
+
+
+def load_clip(
+    path: str | os.PathLike,
+    limits: MediaLimits | None = None,
+    *,
+    fps: float = 1.0,
+    max_frames: int = 768,
+) -> Clip:
+    """Sample a video file the way the official loader does (ffmpeg `fps` with `round=down`, then a cap).
+
+    Limits are checked before decoding: an oversized file is refused; a long clip keeps its first
+    `max_duration_s` seconds; large frames are shrunk; at most `min(max_frames, limits.max_frames)` frames.
+    `Clip.notes` says what was kept whenever anything was cut.
+    """
+    limits = limits or MediaLimits()
+    info = probe_video(path, limits)
+    notes = []
+    n_frames = info.n_frames
+    if info.duration > limits.max_duration_s:
+        n_frames = max(1, int(limits.max_duration_s * info.fps))
+        notes.append(
+            f"Only the first {limits.max_duration_s:g} s of this {info.duration:.1f} s clip were kept "
+            f"(frames 0-{n_frames - 1} of {info.n_frames})."
+        )
+    cap = min(max_frames, limits.max_frames)
+    uncapped = sample_frames(n_frames, source="file", native_fps=info.fps, fps=fps, max_frames=10**9)
+    sample = sample_frames(
+        n_frames, source="file", native_fps=info.fps, fps=fps, max_frames=cap, start_time=info.start_time
+    )
+    if len(uncapped) > cap:
+        notes.append(
+            f"Sampling at {fps:g} fps gives {len(uncapped)} frames; the limit is {cap}, "
+            f"so {cap} frames spread evenly over the clip are used."
+        )
+    size = limits.fit_size(info.width, info.height)
+    if size != (info.width, info.height):
+        notes.append(f"Frames were shrunk from {info.width}x{info.height} to {size[0]}x{size[1]}.")
+    frames = read_frames(info.path, sample.indices, size=size if size != (info.width, info.height) else None)
+    return Clip(tuple(frames), sample.indices, sample.timestamps, info.fps, "file", tuple(notes))
+
+
+def load_frame_folder(
+    folder: str | os.PathLike,
+    limits: MediaLimits | None = None,
+    *,
+    fps: float = 1.0,
+    max_frames: int = 768,
+) -> Clip:
+    """Sample a folder of frames the way the official loader does: names sorted as plain strings, 3 fps.
+
+    Only the chosen images are opened. A folder longer than `max_duration_s` (at 3 fps) keeps its first
+    frames; large frames are shrunk.
+    """
+    limits = limits or MediaLimits()
+    source = Path(folder)
+    if not source.is_dir():
+        raise MediaRejected(f"{source} is not a folder of frames")
+    names = sorted(entry.name for entry in source.iterdir() if entry.suffix.lower() in IMAGE_EXTENSIONS)
+    if not names:
+        raise MediaRejected(f"{source.name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    notes = []
+    total = sum((source / name).stat().st_size for name in names)
+    limits.check_upload_size(total, source.name)
+    folder_fps = 3.0
+    n_frames = len(names)
+    if n_frames / folder_fps > limits.max_duration_s:
+        n_frames = max(1, int(limits.max_duration_s * folder_fps))
+        notes.append(
+            f"Only the first {limits.max_duration_s:g} s ({n_frames} of {len(names)} frames at 3 fps) were kept."
+        )
+    cap = min(max_frames, limits.max_frames)
+    sample = sample_frames(n_frames, source="folder", fps=fps, max_frames=cap)
+    frames = []
+    for index in sample.indices:
+        with Image.open(source / names[index]) as image:
+            frame = np.asarray(image.convert("RGB"))
+        width, height = frame.shape[1], frame.shape[0]
+        fitted = limits.fit_size(width, height)
+        if fitted != (width, height):
+            frame = cv2.resize(frame, fitted, interpolation=cv2.INTER_AREA)
+            note = f"Frames larger than {limits.max_side}px on a side were shrunk."
+            if note not in notes:
+                notes.append(note)
+        frames.append(frame)
+    return Clip(tuple(frames), sample.indices, sample.timestamps, folder_fps, "folder", tuple(notes))
+
+
+def _label_anchor(mask: np.ndarray) -> tuple[int, int]:
+    """The most interior pixel of the mask (ties: first in raster order), so the label sits on the object."""
+    distance = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return int(col), int(row)
+
+
+def _draw_label(canvas: np.ndarray, text: str, anchor: tuple[int, int], color: tuple[int, int, int]) -> None:
+    height, width = canvas.shape[:2]
+    scale = max(0.35, min(height, width) / 700)
+    thickness = max(1, int(round(scale * 2)))
+    (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    pad = max(2, thickness)
+    x = int(np.clip(anchor[0] - text_w // 2 - pad, 0, max(0, width - text_w - 2 * pad)))
+    y = int(np.clip(anchor[1] - text_h // 2 - pad, 0, max(0, height - text_h - baseline - 2 * pad)))
+    cv2.rectangle(
+        canvas, (x, y), (x + text_w + 2 * pad, y + text_h + baseline + 2 * pad), color, thickness=-1
+    )
+    luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
+    origin = (x + pad, y + pad + text_h)
+    cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, ink, thickness, cv2.LINE_AA)
+
+
+def overlay_image(
+    image: np.ndarray,
+    masks: Mapping[ObjectId, Any],
+    colors: Mapping[ObjectId, int],
+    *,
+    alpha: float = _TINT,
+) -> np.ndarray:
+    """Draw each object in its own colour: a tint over the mask, its outline, and its label (e.g. "1").
+
+    `colors[label]` is the object's colour index (see `pixelrefer.masks.object_color`). Empty masks draw
+    nothing. Returns a new HxWx3 uint8 image.
+    """
+    base = np.asarray(image)
+    if base.ndim != 3 or base.shape[2] != 3:
+        raise ValueError(f"Expected an HxWx3 RGB image, got shape {base.shape}")
+    canvas = base.astype(np.float32)
+    shapes = []
+    for label, raw in masks.items():
+        mask = to_bool_mask(raw)
+        if mask.shape != base.shape[:2]:
+            raise ValueError(f"Mask for {label} is {mask.shape}, the image is {base.shape[:2]}")
+        if not mask.any():
+            continue
+        color = object_color(colors[label])
+        canvas[mask] = canvas[mask] * (1 - alpha) + np.asarray(color, np.float32) * alpha
+        shapes.append((label, mask, color))
+    result = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+    line = max(1, int(round(min(base.shape[:2]) / 250)))
+    for _, mask, color in shapes:
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(result, contours, -1, color, thickness=line, lineType=cv2.LINE_AA)
+    for label, mask, color in shapes:
+        _draw_label(result, str(label), _label_anchor(mask), color)
+    return result
+
+
+def write_overlay_video(
+    frames: Sequence[np.ndarray],
+    masks_by_object: Mapping[ObjectId, Mapping[int, Any]],
+    colors: Mapping[ObjectId, int],
+    fps: float,
+    path: str | os.PathLike,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write every frame with its objects drawn on it as an mp4 browsers play (H.264, yuv420p, even sides).
+
+    `masks_by_object[obj][k]` is the mask of object `obj` on `frames[k]`; frames without a mask for an object
+    show it nothing. Frames are rendered one at a time, so memory stays at one frame.
+    """
+    if not frames:
+        raise ValueError("No frames to write")
+    if fps <= 0:
+        raise ValueError("fps must be positive")
+    height, width = frames[0].shape[:2]
+    even_w, even_h = width + width % 2, height + height % 2
+    target = Path(path)
+    params = ["-pix_fmt", "yuv420p", "-movflags", "+faststart", "-crf", "20"]
+    with FFMPEG_VideoWriter(
+        str(target), (even_w, even_h), fps, codec="libx264", preset="veryfast", ffmpeg_params=params
+    ) as writer:
+        for position, frame in enumerate(frames):
+            if frame.shape[:2] != (height, width):
+                raise ValueError(
+                    f"Frame {position} is {frame.shape[:2]}, the first frame is {(height, width)}"
+                )
+            present = {
+                obj: per_frame[position]
+                for obj, per_frame in masks_by_object.items()
+                if position in per_frame
+            }
+            drawn = overlay_image(frame, present, colors)
+            if (even_w, even_h) != (width, height):
+                drawn = np.pad(drawn, ((0, even_h - height), (0, even_w - width), (0, 0)), mode="edge")
+            writer.write_frame(np.ascontiguousarray(drawn))
+            if progress is not None:
+                progress(position + 1, len(frames))
+    return target
