@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -385,7 +386,9 @@ class ChatSession:
     def _run(self, exchange: Exchange) -> Iterator[Reply]:
         if len(self.history) >= self.limits.max_history:
             del self.history[: len(self.history) - self.limits.max_history + 1]
+        started = time.perf_counter()
         prepared = self.prepare(exchange)
+        prepare_s = time.perf_counter() - started
         self.last_prepared = prepared
         mapper = _LabelMapper({label: f"<object{oid}>" for oid, label in self.labels().items()})
         self._stop.clear()
@@ -408,7 +411,12 @@ class ChatSession:
         exchange.answer_ids = ids
         exchange.answer = mapper.map(result.text)
         exchange.finish_reason = result.finish_reason
-        exchange.timings = result.timings
+        exchange.timings = {
+            **result.timings,
+            "prepare_s": prepare_s,
+            "first_token_s": prepare_s + result.timings.get("first_token_s", 0.0),
+            "total_s": prepare_s + result.timings["total_s"],
+        }
         self.history.append(exchange)
         yield Reply(text + mapper.flush(), done=True, exchange=exchange)
 
