@@ -1,0 +1,170 @@
+"""The classical segmenter: OpenCV GrabCut behind the same interface as SAM 2.1, needing no weights.
+
+It keeps the demo usable offline or before SAM's weights arrive. On an image, clicks, a box and a scribble
+seed GrabCut's colour models. Through a clip, each frame is re-seeded from the neighbouring frame's mask:
+the eroded mask is sure object, a band around it may be either, everything beyond is background. Objects
+are followed forward and backward from every marked frame. Large frames are segmented at a working size
+and the mask scaled back, so a step stays around a tenth of a second.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+import cv2
+import numpy as np
+
+from pixelrefer.masks import ObjectId, clean_mask
+from pixelrefer.segment import Progress, Prompt, Segmenter, SegmentResult, rank_candidates
+
+__all__ = ["GrabCutSegmenter"]
+
+_WORK_SIDE = 640
+_IMAGE_ITERATIONS = 5
+_TRACK_ITERATIONS = 3
+_BAND = 0.35
+"""Half-width of the uncertain band around the previous mask, as a fraction of the object's size
+(sqrt of its area): how far an object may move between two sampled frames."""
+
+
+def _work_scale(shape: tuple[int, ...]) -> float:
+    return min(1.0, _WORK_SIDE / max(shape[:2]))
+
+
+def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
+    if scale == 1.0:
+        return array
+    height, width = array.shape[:2]
+    size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+    return cv2.resize(array, size, interpolation=interpolation)
+
+
+def _restore(found: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A working-size mask back at the frame's own size."""
+    if found.shape == shape[:2]:
+        return found
+    return cv2.resize(found.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def _run_grabcut(image: np.ndarray, seeds: np.ndarray, iterations: int) -> np.ndarray:
+    """GrabCut from a seed map (cv2.GC_* labels); returns the object pixels."""
+    seeds = seeds.copy()
+    if not np.isin(seeds, (cv2.GC_BGD, cv2.GC_PR_BGD)).any():
+        seeds[[0, -1], :] = cv2.GC_PR_BGD
+        seeds[:, [0, -1]] = cv2.GC_PR_BGD
+    background = np.zeros((1, 65), np.float64)
+    foreground = np.zeros((1, 65), np.float64)
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    cv2.grabCut(bgr, seeds, None, background, foreground, iterations, cv2.GC_INIT_WITH_MASK)
+    return (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+
+
+def _keep_touching(mask: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Only the connected parts of `mask` that touch an anchor pixel (the marks say which object)."""
+    if not anchors.any():
+        return mask
+    _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    touched = np.unique(labels[anchors & mask])
+    touched = touched[touched > 0]
+    return np.isin(labels, touched)
+
+
+def _seed_from_prompt(prompt: Prompt, shape: tuple[int, int], scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The seed map for a prompt at working scale, and the pixels the visitor marked as object."""
+    height, width = shape
+    if prompt.box is not None:
+        seeds = np.full(shape, cv2.GC_BGD, np.uint8)
+        x0, y0, x1, y1 = (int(round(v * scale)) for v in prompt.box)
+        seeds[max(0, y0) : min(height, y1), max(0, x0) : min(width, x1)] = cv2.GC_PR_FGD
+    else:
+        seeds = np.full(shape, cv2.GC_PR_BGD, np.uint8)
+    marked = np.zeros(shape, np.uint8)
+    if prompt.scribble is not None:
+        stroke = _restore(prompt.scribble, shape)
+        seeds[stroke] = cv2.GC_FGD
+        marked[stroke] = 1
+    radius = max(2, int(round(min(shape) / 60)))
+    for (x, y), positive in zip(prompt.points, prompt.positive, strict=True):
+        centre = (int(round(x * scale)), int(round(y * scale)))
+        cv2.circle(seeds, centre, radius, cv2.GC_FGD if positive else cv2.GC_BGD, thickness=-1)
+        if positive:
+            cv2.circle(marked, centre, radius, 1, thickness=-1)
+    return seeds, marked > 0
+
+
+def _seed_from_mask(previous: np.ndarray) -> np.ndarray:
+    """Seeds for the next frame: the object's core is sure, a band around its edge is open, the rest is not."""
+    inside = cv2.distanceTransform(np.pad(previous, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    outside = cv2.distanceTransform((~previous).astype(np.uint8), cv2.DIST_L2, 5)
+    band = max(3.0, _BAND * float(np.sqrt(previous.sum())))
+    core = min(band, 0.6 * float(inside.max()))
+    seeds = np.full(previous.shape, cv2.GC_BGD, np.uint8)
+    seeds[outside <= band] = cv2.GC_PR_BGD
+    seeds[inside > core] = cv2.GC_FGD
+    return seeds
+
+
+class GrabCutSegmenter(Segmenter):
+    """Classical segmentation with OpenCV GrabCut: no model, no download, clearly labelled as such."""
+
+    name = "GrabCut (classical)"
+    is_classical = True
+
+    def __init__(self, notice: str = "") -> None:
+        self.notice = notice
+
+    def _segment(self, image: np.ndarray, prompt: Prompt) -> SegmentResult:
+        scale = _work_scale(image.shape)
+        small = _resize(image, scale, cv2.INTER_AREA)
+        seeds, marked = _seed_from_prompt(prompt, small.shape[:2], scale)
+        found = _keep_touching(_run_grabcut(small, seeds, _IMAGE_ITERATIONS), marked)
+        return rank_candidates([(_restore(found, image.shape), None)], segmenter=self.name, is_classical=True)
+
+    def _follow(self, frame: np.ndarray, previous: np.ndarray) -> np.ndarray:
+        """The object on `frame`, re-seeded from its mask on the neighbouring frame."""
+        if not previous.any():
+            return previous.copy()
+        scale = _work_scale(frame.shape)
+        small = _resize(frame, scale, cv2.INTER_AREA)
+        prior = _restore(previous, small.shape)
+        if not prior.any():
+            return np.zeros_like(previous)
+        found = _keep_touching(_run_grabcut(small, _seed_from_mask(prior), _TRACK_ITERATIONS), prior)
+        return clean_mask(_restore(found, frame.shape))
+
+    def _track(
+        self,
+        frames: list[np.ndarray],
+        prompts: Mapping[ObjectId, Mapping[int, Prompt]],
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> dict[ObjectId, dict[int, np.ndarray]]:
+        count = len(frames)
+        total = len(prompts) * count
+        done = 0
+        tracks: dict[ObjectId, dict[int, np.ndarray]] = {}
+        for object_id, marks in prompts.items():
+            self._stop_if_cancelled(cancel, done, total)
+            masks: dict[int, np.ndarray] = {}
+            for position, prompt in sorted(marks.items()):
+                self._stop_if_cancelled(cancel, done, total)
+                masks[position] = (
+                    prompt.mask if prompt.mask is not None else self._segment(frames[position], prompt).mask
+                )
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            anchors = set(masks)
+            first = min(anchors)
+            # Forward from every mark up to the next one, then backward from the first mark to frame 0.
+            order = [(p, p - 1) for p in range(first + 1, count) if p not in anchors]
+            order += [(p, p + 1) for p in range(first - 1, -1, -1)]
+            for position, source in order:
+                self._stop_if_cancelled(cancel, done, total)
+                masks[position] = self._follow(frames[position], masks[source])
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            tracks[object_id] = {position: masks[position] for position in range(count)}
+        return tracks
