@@ -56,6 +56,7 @@ def _run_grabcut(image: np.ndarray, seeds: np.ndarray, iterations: int) -> np.nd
     background = np.zeros((1, 65), np.float64)
     foreground = np.zeros((1, 65), np.float64)
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    cv2.setRNGSeed(0)  # GrabCut seeds its colour models by k-means: same marks, same mask
     cv2.grabCut(bgr, seeds, None, background, foreground, iterations, cv2.GC_INIT_WITH_MASK)
     return (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
 
@@ -84,9 +85,15 @@ def _seed_from_prompt(prompt: Prompt, shape: tuple[int, int], scale: float) -> t
         stroke = _restore(prompt.scribble, shape)
         seeds[stroke] = cv2.GC_FGD
         marked[stroke] = 1
+    # A click is sure about a small disc and suggests a wider one, so the object's colours get sampled.
     radius = max(2, int(round(min(shape) / 60)))
-    for (x, y), positive in zip(prompt.points, prompt.positive, strict=True):
-        centre = (int(round(x * scale)), int(round(y * scale)))
+    reach = max(radius, int(round(min(shape) / 8)))
+    centres = [(int(round(x * scale)), int(round(y * scale))) for x, y in prompt.points]
+    if prompt.box is None:
+        for centre, positive in zip(centres, prompt.positive, strict=True):
+            if positive:
+                cv2.circle(seeds, centre, reach, cv2.GC_PR_FGD, thickness=-1)
+    for centre, positive in zip(centres, prompt.positive, strict=True):
         cv2.circle(seeds, centre, radius, cv2.GC_FGD if positive else cv2.GC_BGD, thickness=-1)
         if positive:
             cv2.circle(marked, centre, radius, 1, thickness=-1)

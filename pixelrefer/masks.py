@@ -171,7 +171,7 @@ def object_color(color_index: int) -> tuple[int, int, int]:
 def mask_to_png(mask: Any) -> bytes:
     """A mask as an 8-bit greyscale PNG (0 and 255), the form image tools open."""
     buffer = io.BytesIO()
-    Image.fromarray(to_bool_mask(mask).astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
+    Image.fromarray(to_bool_mask(mask).astype(np.uint8) * 255).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

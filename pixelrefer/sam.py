@@ -47,6 +47,7 @@ __all__ = [
     "build_tiny_sam2",
     "sam21_config",
     "sam_placement",
+    "sam_processor",
 ]
 
 SAM_SIZES = {
@@ -209,7 +210,8 @@ def build_tiny_sam2(folder: str | os.PathLike, *, image_size: int = 128, seed: i
     return target
 
 
-def _processor(image_size: int) -> Sam2VideoProcessor:
+def sam_processor(image_size: int) -> Sam2VideoProcessor:
+    """transformers' SAM 2 processor for a model of this input size (the official files differ only in size)."""
     size = {"height": image_size, "width": image_size}
     mask_size = {"height": image_size // 4, "width": image_size // 4}
     return Sam2VideoProcessor(
@@ -289,7 +291,7 @@ class Sam2Segmenter(Segmenter):
             Sam2Model.from_pretrained(self.folder, dtype=placement.dtype).to(placement.device).eval()
         )
         self.image_size = int(self.image_model.config.vision_config.backbone_config.image_size[0])
-        self.processor = _processor(self.image_size)
+        self.processor = sam_processor(self.image_size)
         self.last_track_stats: TrackStats | None = None
         self._video_model: Sam2VideoModel | None = None
         self._embedded: tuple[str, list[torch.Tensor]] | None = None
