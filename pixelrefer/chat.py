@@ -55,6 +55,7 @@ class ChatLimits:
     masks_per_object: int = 8
     max_region_tokens: int = 1024
     cache_bytes: int = 1 << 30
+    generation_timeout_s: float | None = 300.0
 
 
 @dataclass
@@ -399,6 +400,7 @@ class ChatSession:
             cache=self.feature_cache if self.caching else None,
             prefix=self.prefix_cache if self.caching else None,
             stop=self._stop,
+            timeout_s=self.limits.generation_timeout_s,
         ):
             result = chunk.result
             text = mapper.push(chunk.text)
@@ -465,6 +467,15 @@ class ChatSession:
         """Forget the conversation, keep the objects and the encoded features."""
         self.history.clear()
         self.prefix_cache.clear()
+
+    def move_to(self, model: PixelRefer) -> ChatSession:
+        """A session for another model with the same media and objects (ids and colours kept), no history."""
+        moved = ChatSession(model, image=self.image, clip=self.clip, limits=self.limits, caching=self.caching)
+        moved.frames = dict(self.frames)
+        moved.objects = [replace(obj, masks=dict(obj.masks)) for obj in self.objects]
+        moved._next_id, moved._next_color = self._next_id, self._next_color
+        self.close()
+        return moved
 
     def close(self) -> None:
         """Free everything the session holds."""

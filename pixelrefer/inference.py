@@ -24,6 +24,7 @@ from .cache import FeatureCache, PrefixCache, content_key
 from .config import PixelReferConfig, Variant
 from .generation import (
     GenerationSettings,
+    GenerationTimeout,
     TextStream,
     build_logits_processors,
     decode,
@@ -132,7 +133,7 @@ class GenerationResult:
 
     text: str
     token_ids: list[int]
-    finish_reason: Literal["eos", "length", "stopped"]
+    finish_reason: Literal["eos", "length", "stopped", "timeout"]
     input_ids: list[int]
     first_logits: torch.Tensor | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -507,7 +508,11 @@ class PixelRefer:
         return_logits: bool = False,
         prepared: Prepared | None = None,
     ) -> Iterator[Chunk]:
-        """Generate, yielding text increments; the last chunk carries the `GenerationResult`."""
+        """Generate, yielding text increments; the last chunk carries the `GenerationResult`.
+
+        Decoding ends at an eos token, after `max_new_tokens`, when `stop` is set, or once `timeout_s`
+        has passed (`finish_reason` "timeout", the text so far kept).
+        """
         settings = settings or GenerationSettings()
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -532,7 +537,8 @@ class PixelRefer:
             first_logits = None
             mark = time.perf_counter()
             deadline = time.monotonic() + timeout_s if timeout_s else None
-            for step in decode(
+            timed_out = False
+            steps = decode(
                 self.model,
                 lambda t: embed_tokens(t.to(embed_tokens.weight.device)),
                 embedded.inputs_embeds,
@@ -543,20 +549,26 @@ class PixelRefer:
                 stop=stop,
                 deadline=deadline,
                 keep_first_logits=return_logits,
-            ):
-                if not ids:
-                    timings["first_token_s"] = time.perf_counter() - start
-                ids.append(step.token_id)
-                if step.logits is not None:
-                    first_logits = step.logits
-                piece = text.push(step.token_id)
-                if piece:
-                    yield Chunk(piece)
+            )
+            try:
+                for step in steps:
+                    if not ids:
+                        timings["first_token_s"] = time.perf_counter() - start
+                    ids.append(step.token_id)
+                    if step.logits is not None:
+                        first_logits = step.logits
+                    piece = text.push(step.token_id)
+                    if piece:
+                        yield Chunk(piece)
+            except GenerationTimeout:
+                timed_out = True
             timings["decode_s"] = time.perf_counter() - mark
         timings["total_s"] = time.perf_counter() - start
         timings["reused_prefix_rows"] = float(prefix.reused_rows) if prefix is not None else 0.0
-        if ids and ids[-1] in self.eos_ids:
-            reason: Literal["eos", "length", "stopped"] = "eos"
+        if timed_out:
+            reason: Literal["eos", "length", "stopped", "timeout"] = "timeout"
+        elif ids and ids[-1] in self.eos_ids:
+            reason = "eos"
         elif stop is not None and stop.is_set() and len(ids) < settings.max_new_tokens:
             reason = "stopped"
         else:

@@ -347,6 +347,21 @@ def _save_weights(state: dict[str, torch.Tensor], folder: Path, weights: str, sh
         (folder / f"{stem}.{suffix}.index.json").write_text(json.dumps(index, indent=2))
 
 
+def config_for(
+    variant: Variant,
+    shape: ModelShape,
+    vocab_size: int | None = None,
+    *,
+    token_ids: dict[str, int] | None = None,
+) -> PixelReferConfig:
+    """The config object (vision tower attached) of a model of this variant and shape, e.g. to build on `meta`."""
+    raw = model_config(variant, shape, vocab_size or shape.vocab_size or 151936, token_ids=token_ids)
+    config_class = PixelReferConfig if variant == "full" else PixelReferLiteConfig
+    config = config_class(**{k: v for k, v in raw.items() if k != "architectures"})
+    config.vision_config = _vision_config(shape)
+    return config
+
+
 def _randomize(model: torch.nn.Module, std: float, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -403,11 +418,8 @@ def build_checkpoint(
     generation.update(generation_config or {})
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2))
 
-    config_class = PixelReferConfig if variant == "full" else PixelReferLiteConfig
-    loaded_config = config_class(**{k: v for k, v in config.items() if k != "architectures"})
-    loaded_config.vision_config = _vision_config(shape)
     torch.manual_seed(seed)
-    model = PixelReferForCausalLM(loaded_config)
+    model = PixelReferForCausalLM(config_for(variant, shape, vocab_size, token_ids=ids))
     _randomize(model, init_std, seed)
     state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
     if shape.tie_word_embeddings:

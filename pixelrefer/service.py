@@ -1,0 +1,266 @@
+"""What one running app shares between visitors: its settings, the loaded model, the segmenter.
+
+When the chosen checkpoint cannot be had (no network, no token, not cached) the app does not fail: it
+runs an offline preview on tiny random checkpoints that this package builds itself (the same
+`from_pretrained` and chat code; answers are meaningless) and, when SAM 2.1 is missing too, the classical
+segmenter. `banner` says so and what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import psutil
+import torch
+
+from .chat import ChatLimits
+from .devices import GIB, visible_gpus
+from .hub import WeightsUnavailable
+from .inference import PixelRefer
+from .limits import MediaLimits
+from .loading import estimate_weight_bytes
+from .segment import Segmenter, load_segmenter
+from .synthetic import RELEASES, TINY, build_checkpoint, config_for
+
+__all__ = ["AppSettings", "ModelChoice", "Service", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "Alibaba-DAMO-Academy/PixelRefer-2B"
+PREVIEW_LABEL = "offline preview"
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """Everything an operator can set, from the command line or (for a Space) environment variables."""
+
+    model: str = DEFAULT_MODEL
+    quantization: str = "none"
+    dtype: str = "auto"
+    device: str = "auto"
+    sam2: str = "tiny"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    concurrency: int = 1
+    queue_size: int = 16
+    preview_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "pixelrefer" / "preview")
+    media: MediaLimits = field(
+        default_factory=lambda: MediaLimits(max_upload_mb=50.0, max_duration_s=30.0, max_frames=16)
+    )
+    chat: ChatLimits = field(default_factory=ChatLimits)
+    max_new_tokens: int = 512
+    generation_timeout_s: float = 300.0
+    max_sessions: int = 64
+
+    @classmethod
+    def parse(cls, argv: list[str] | None = None, env: dict[str, str] | None = None) -> AppSettings:
+        """`python app.py [--model ...]`; each flag falls back to PIXELREFER_<NAME> and then the default."""
+        env = dict(os.environ if env is None else env)
+        base = cls()
+
+        def default(name: str, fallback: str | int) -> str | int:
+            for key in (
+                f"PIXELREFER_{name.upper()}",
+                {"host": "GRADIO_SERVER_NAME", "port": "GRADIO_SERVER_PORT"}.get(name, ""),
+            ):
+                if key and env.get(key):
+                    return env[key]
+            return fallback
+
+        parser = argparse.ArgumentParser(prog="app.py", description="PixelRefer region chat (Gradio app).")
+        parser.add_argument(
+            "--model", default=default("model", base.model), help="checkpoint folder or hub id"
+        )
+        parser.add_argument(
+            "--quantization",
+            default=default("quantization", base.quantization),
+            choices=["none", "8bit", "4bit"],
+        )
+        parser.add_argument(
+            "--dtype",
+            default=default("dtype", base.dtype),
+            choices=["auto", "float32", "float16", "bfloat16"],
+        )
+        parser.add_argument(
+            "--device", default=default("device", base.device), help="auto, cpu, cuda or cuda:N"
+        )
+        parser.add_argument(
+            "--sam2",
+            default=default("sam2", base.sam2),
+            help="tiny, small, base-plus, large, grabcut or a folder",
+        )
+        parser.add_argument("--host", default=default("host", base.host))
+        parser.add_argument("--port", type=int, default=int(default("port", base.port)))
+        parser.add_argument("--concurrency", type=int, default=int(default("concurrency", base.concurrency)))
+        parser.add_argument("--queue-size", type=int, default=int(default("queue_size", base.queue_size)))
+        args = parser.parse_args(argv)
+        return replace(
+            base,
+            model=args.model,
+            quantization=args.quantization,
+            dtype=args.dtype,
+            device=args.device,
+            sam2=args.sam2,
+            host=args.host,
+            port=args.port,
+            concurrency=max(1, args.concurrency),
+            queue_size=max(1, args.queue_size),
+        )
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A checkpoint the picker offers, with its estimated weight memory and whether it fits here."""
+
+    source: str
+    label: str
+    estimate_gib: float
+    fits: bool
+
+
+def _release_estimate(source: str, dtype: torch.dtype, quantization: str | None) -> float:
+    variant, shape = RELEASES[source]
+    return estimate_weight_bytes(config_for(variant, shape), dtype, quantization) / GIB
+
+
+class Service:
+    """The shared part of the app: one model at a time (swappable), one segmenter, the preview fallback."""
+
+    def __init__(self, settings: AppSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self.model: PixelRefer | None = None
+        self.requested = settings.model
+        self.segmenter: Segmenter | None = None
+        self.preview = False
+        self.preview_reason = ""
+        self._preview_paths: dict[str, Path] = {}
+        self._estimates: dict[str, float] = {}
+        self.started_s = 0.0
+
+    # ------------------------------------------------------------------ loading
+
+    def start(self) -> Service:
+        """Load the configured model (or the preview) and the segmenter."""
+        began = time.perf_counter()
+        self.load(self.settings.model)
+        self.segmenter = load_segmenter(self.settings.sam2, device=self.settings.device)
+        self.started_s = time.perf_counter() - began
+        return self
+
+    def _preview_checkpoint(self, variant: str) -> Path:
+        if variant not in self._preview_paths:
+            folder = self.settings.preview_dir / f"tiny-{variant}"
+            if not (folder / "config.json").exists():
+                build_checkpoint(folder, variant=variant, shape=TINY, seed=0)
+            self._preview_paths[variant] = folder
+        return self._preview_paths[variant]
+
+    def load(self, source: str) -> PixelRefer:
+        """Make `source` the served model; falls back to the offline preview when it cannot be had."""
+        with self._lock:
+            self.requested = source
+            if self.model is not None and self.model.source == source:
+                return self.model
+            if self.preview and source in RELEASES:
+                return self._load_preview(RELEASES[source][0])
+            self.model = None
+            try:
+                self.model = PixelRefer.from_pretrained(
+                    source,
+                    device=self.settings.device,
+                    dtype=self.settings.dtype,
+                    quantization=self.settings.quantization,
+                )
+                self.preview = False
+                self.preview_reason = ""
+            except WeightsUnavailable as exc:
+                self.preview = True
+                self.preview_reason = str(exc)
+                variant = RELEASES.get(source, ("full", TINY))[0]
+                return self._load_preview(variant)
+            return self.model
+
+    def _load_preview(self, variant: str) -> PixelRefer:
+        folder = self._preview_checkpoint(variant)
+        if self.model is None or self.model.source != str(folder):
+            self.model = PixelRefer.from_pretrained(str(folder), device="cpu", dtype="float32")
+        return self.model
+
+    # ------------------------------------------------------------------ what the UI shows
+
+    @property
+    def banner(self) -> str:
+        """Markdown for the top of the page: empty when the real model and SAM 2.1 are serving."""
+        lines = []
+        if self.preview:
+            lines.append(
+                f"**Offline preview.** {self.preview_reason}. The answers come from a tiny random model "
+                "built on this machine: they are meaningless and only show how the app works. To use "
+                "PixelRefer, run with network access (and `HF_TOKEN` if needed) or pass `--model` a "
+                "downloaded checkpoint folder."
+            )
+        if self.segmenter is not None and self.segmenter.notice:
+            lines.append(f"**Masks:** {self.segmenter.notice}")
+        return "\n\n".join(lines)
+
+    def status(self) -> dict[str, str]:
+        """Model, variant, devices, dtype, quantization and memory, for the status panel."""
+        model = self.model
+        if model is None:
+            return {"model": "not loaded"}
+        if torch.cuda.is_available() and any(d.startswith("cuda") for d in model.placement.devices):
+            used = sum(torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())) / GIB
+            memory = f"{used:.1f} GiB on GPU"
+        else:
+            memory = f"{psutil.Process().memory_info().rss / GIB:.1f} GiB process memory"
+        return {
+            "model": f"{self.display_name} ({PREVIEW_LABEL}: tiny random weights)"
+            if self.preview
+            else self.display_name,
+            "variant": "PixelRefer-Lite (object-only)"
+            if model.variant == "lite"
+            else "PixelRefer (vision-object)",
+            "devices": ", ".join(model.placement.devices),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "quantization": model.quantization or "none",
+            "memory": memory,
+            "segmenter": self.segmenter.name if self.segmenter else "none",
+        }
+
+    @property
+    def display_name(self) -> str:
+        """The served checkpoint as visitors see it: a hub id, or only a local folder's name (no server paths)."""
+        source = self.requested
+        return (
+            source
+            if source in RELEASES or not os.path.isabs(os.path.expanduser(source))
+            else Path(source).name
+        )
+
+    def available_bytes(self) -> int:
+        """Memory a new model could use: free GPU memory when GPUs are used, else available RAM."""
+        gpus = visible_gpus() if self.settings.device != "cpu" else []
+        if gpus:
+            return sum(g.free_bytes for g in gpus)
+        return int(psutil.virtual_memory().available)
+
+    def choices(self) -> list[ModelChoice]:
+        """The four released checkpoints with their estimated size; only those that fit are offered."""
+        dtype = torch.float32 if not visible_gpus() or self.settings.device == "cpu" else torch.bfloat16
+        quantization = None if self.settings.quantization == "none" else self.settings.quantization
+        available = self.available_bytes() / GIB
+        current = self.model.source if self.model is not None else ""
+        out = []
+        for source in RELEASES:
+            if source not in self._estimates:
+                self._estimates[source] = _release_estimate(source, dtype, quantization)
+            estimate = self._estimates[source]
+            fits = self.preview or estimate * 1.15 <= available or source == current
+            name = source.split("/", 1)[1]
+            note = "preview" if self.preview else f"~{estimate:.1f} GiB"
+            out.append(ModelChoice(source, f"{name} ({note})", estimate, fits))
+        return out

@@ -1,0 +1,394 @@
+"""One visitor's work: the media, the marks being drawn, the objects, the tracking, the chat, the exports.
+
+Everything a page does, without the page: the Gradio app turns events into these calls and shows what
+they return, and tests drive the same calls directly. A workspace owns a temporary folder for its
+uploads and exports and deletes it on `close()`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from .chat import ChatObject, ChatSession, Reply
+from .generation import GenerationSettings
+from .images import load_image
+from .masks import export_png_zip, export_rle_json, object_color
+from .segment import Prompt, PromptError, SegmentResult, scribble_mask
+from .service import Service
+from .video import Clip, load_clip, overlay_image, write_overlay_video
+
+if TYPE_CHECKING:
+    from .examples import Example
+
+__all__ = ["Workspace", "MarkMode"]
+
+MarkMode = str
+"""'positive' (click on the object), 'negative' (click on background), 'box' (two corner clicks)."""
+
+_POSITIVE = (40, 200, 60)
+_NEGATIVE = (230, 40, 40)
+
+
+@dataclass
+class _Draft:
+    """Marks in progress on the current frame, and the mask they give."""
+
+    prompt: Prompt
+    result: SegmentResult | None = None
+    corner: tuple[float, float] | None = None
+
+
+class Workspace:
+    """One visitor's state. Not thread-safe by itself: the app serialises a visitor's events."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.image: np.ndarray | None = None
+        self.clip: Clip | None = None
+        self.notes: tuple[str, ...] = ()
+        self.session: ChatSession | None = None
+        self.position = 0
+        self.draft = _Draft(Prompt())
+        self.target: int | None = None
+        self.marks: dict[int, dict[int, Prompt]] = {}
+        self.tracked = False
+        self.folder = Path(tempfile.mkdtemp(prefix="pixelrefer-visitor-"))
+        self.cancel = threading.Event()
+
+    # ------------------------------------------------------------------ media
+
+    def _reset(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.session = None
+        self.image = self.clip = None
+        self.notes = ()
+        self.position = 0
+        self.draft = _Draft(Prompt())
+        self.target = None
+        self.marks = {}
+        self.tracked = False
+
+    def open_image(self, source) -> None:
+        """Start over with an image (array, PIL image or path)."""
+        image = load_image(source, max_pixels=self.service.settings.media.max_side**2 * 4)
+        self._reset()
+        image = _fit(image, self.service.settings.media.max_side)
+        self.image = image
+        self.session = ChatSession(self._model(), image=image, limits=self.service.settings.chat)
+
+    def open_video(self, path: str | Path) -> tuple[str, ...]:
+        """Start over with a clip: sampled by the official rule within the limits; returns what was trimmed."""
+        clip = load_clip(path, self.service.settings.media)
+        self._reset()
+        self.clip = clip
+        self.notes = clip.notes
+        self.session = ChatSession(self._model(), clip=clip, limits=self.service.settings.chat)
+        return clip.notes
+
+    def open_example(self, example: Example) -> str:
+        """Load an example with its pre-marked objects; returns its question."""
+        if example.kind == "image":
+            self.open_image(example.path)
+        else:
+            self.open_video(example.path)
+        for obj in example.objects:
+            masks = {f: m for f, m in obj.masks.items() if f in self.session.frames}
+            added = self.session.add_object(masks, marked_frames=obj.marked_frames, name=obj.name)
+            self.marks[added.id] = {}
+        self.tracked = self.clip is not None
+        return example.question
+
+    @property
+    def kind(self) -> str:
+        return "image" if self.image is not None else "video" if self.clip is not None else "none"
+
+    @property
+    def frame(self) -> np.ndarray:
+        """The picture being marked: the image, or the clip's current sampled frame."""
+        if self.image is not None:
+            return self.image
+        if self.clip is None:
+            raise ValueError("Upload an image or a clip first")
+        return self.clip.frames[self.position]
+
+    @property
+    def frame_index(self) -> int:
+        """The current frame's index in the source clip (0 for an image)."""
+        return 0 if self.clip is None else self.clip.indices[self.position]
+
+    def seek(self, position: int) -> None:
+        """Show another sampled frame; marks in progress are dropped."""
+        if self.clip is None:
+            return
+        self.position = int(np.clip(position, 0, len(self.clip) - 1))
+        self.draft = _Draft(self._stored_prompt())
+
+    def _model(self):
+        if self.service.model is None:
+            raise RuntimeError("The model is not loaded")
+        return self.service.model
+
+    def sync_model(self) -> bool:
+        """Follow a model switch: objects stay, the conversation restarts. True when it happened."""
+        if self.session is not None and self.session.model is not self.service.model:
+            self.session = self.session.move_to(self._model())
+            return True
+        return False
+
+    # ------------------------------------------------------------------ marking
+
+    def _require_media(self) -> None:
+        if self.kind == "none":
+            raise ValueError("Upload an image or a clip first")
+
+    def _stored_prompt(self) -> Prompt:
+        if self.target is None:
+            return Prompt()
+        return self.marks.get(self.target, {}).get(self.position, Prompt())
+
+    def select(self, object_id: int | None) -> None:
+        """Choose what new marks do: refine `object_id`, or (None) start a new object."""
+        if object_id is not None:
+            self._session().get(object_id)
+        self.target = object_id
+        self.draft = _Draft(self._stored_prompt())
+
+    def _segment(self, prompt: Prompt) -> SegmentResult:
+        segmenter = self.service.segmenter
+        if segmenter is None:
+            raise RuntimeError("No segmenter is loaded")
+        result = segmenter.segment_image(self.frame, prompt)
+        self.draft = _Draft(prompt, result)
+        return result
+
+    def click(self, x: float, y: float, mode: MarkMode) -> SegmentResult | None:
+        """A click on the frame: a point on the object or the background, or a box corner."""
+        self._require_media()
+        if mode == "box":
+            if self.draft.corner is None:
+                self.draft.corner = (float(x), float(y))
+                return None
+            (x0, y0), corner = self.draft.corner, (float(x), float(y))
+            self.draft.corner = None
+            box = (min(x0, corner[0]), min(y0, corner[1]), max(x0, corner[0]), max(y0, corner[1]))
+            if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+                raise PromptError("The box is too small: click two opposite corners of the object")
+            prompt = Prompt(
+                self.draft.prompt.points, self.draft.prompt.positive, box, self.draft.prompt.scribble
+            )
+            return self._segment(prompt)
+        if mode not in ("positive", "negative"):
+            raise ValueError(f"Unknown marking mode {mode!r}")
+        prompt = self.draft.prompt.with_point(x, y, positive=mode == "positive")
+        if not prompt.has_object_marks:
+            self.draft = _Draft(prompt)
+            return None
+        return self._segment(prompt)
+
+    def scribble(self, layer: np.ndarray, *, as_mask: bool = False) -> SegmentResult:
+        """A brush stroke: used as SAM prompt points, or (`as_mask`) as the mask itself."""
+        self._require_media()
+        if as_mask:
+            result = scribble_mask(layer)
+            self.draft = _Draft(Prompt(mask=result.mask) if not result.empty else self.draft.prompt, result)
+            return result
+        prompt = Prompt(self.draft.prompt.points, self.draft.prompt.positive, self.draft.prompt.box, layer)
+        return self._segment(prompt)
+
+    def clear_marks(self) -> None:
+        self.draft = _Draft(Prompt())
+
+    def keep(self, name: str = "") -> ChatObject:
+        """Turn the draft mask into a new object, or into the selected object's mask on this frame."""
+        result = self.draft.result
+        if result is None:
+            raise ValueError("Mark the object first (click on it, draw a box or paint over it)")
+        mask = result.require()
+        session = self._session()
+        if self.target is None:
+            obj = session.add_object({self.frame_index: mask}, marked_frames=[self.frame_index], name=name)
+            self.marks[obj.id] = {}
+        else:
+            obj = session.get(self.target)
+            masks = dict(obj.masks) if self.clip is not None else {}
+            masks[self.frame_index] = mask
+            marked = sorted({*obj.marked_frames, self.frame_index})
+            session.replace_object(obj.id, masks, marked_frames=marked)
+        self.marks[obj.id][self.position] = self.draft.prompt
+        if self.clip is not None:
+            self.tracked = False
+        self.target = None
+        self.draft = _Draft(Prompt())
+        return obj
+
+    def delete(self, object_id: int) -> None:
+        self._session().remove_object(object_id)
+        self.marks.pop(object_id, None)
+        if self.target == object_id:
+            self.select(None)
+
+    def rename(self, object_id: int, name: str) -> None:
+        self._session().rename_object(object_id, name.strip()[:60])
+
+    # ------------------------------------------------------------------ clips
+
+    def track(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Follow every object through all sampled frames from the frames it was marked on."""
+        if self.clip is None:
+            raise ValueError("Tracking needs a clip")
+        session = self._session()
+        if not session.objects:
+            raise ValueError("Mark at least one object before tracking")
+        segmenter = self.service.segmenter
+        prompts = {}
+        for obj in session.objects:
+            marked = self.marks.get(obj.id) or {}
+            prompts[obj.id] = dict(marked) or {
+                self.clip.indices.index(f): Prompt(mask=m)
+                for f, m in obj.masks.items()
+                if f in self.clip.indices
+            }
+        self.cancel.clear()
+        tracks = segmenter.track(list(self.clip.frames), prompts, progress=progress, cancel=self.cancel)
+        for obj in session.objects:
+            masks = {self.clip.indices[p]: m for p, m in tracks[obj.id].items() if m.any()}
+            if masks:
+                session.replace_object(obj.id, masks, marked_frames=obj.marked_frames)
+        self.tracked = True
+
+    def overlay_video(self) -> Path:
+        """The clip with every object drawn on every sampled frame, as a browser-playable mp4."""
+        if self.clip is None:
+            raise ValueError("Only clips have an overlay video")
+        session = self._session()
+        masks = {
+            obj.id: {p: obj.masks[f] for p, f in enumerate(self.clip.indices) if f in obj.masks}
+            for obj in session.objects
+        }
+        colors = {obj.id: obj.color_index for obj in session.objects}
+        fps = max(1.0, min(4.0, len(self.clip) / max(self.clip.timestamps[-1], 1e-6)))
+        return write_overlay_video(list(self.clip.frames), masks, colors, fps, self.folder / "overlay.mp4")
+
+    # ------------------------------------------------------------------ drawing
+
+    def canvas(self) -> np.ndarray:
+        """The current frame with its objects, the draft mask and the marks in progress drawn on it."""
+        frame = self.frame
+        masks, colors = {}, {}
+        for obj in self.session.objects if self.session else []:
+            if self.frame_index in obj.masks and obj.id != self.target:
+                masks[obj.id] = obj.masks[self.frame_index]
+                colors[obj.id] = obj.color_index
+        draft = self.draft.result
+        if draft is not None and not draft.empty:
+            label = self.target if self.target is not None else "new"
+            masks[label] = draft.mask
+            colors[label] = self._session().get(self.target).color_index if self.target is not None else 11
+        image = overlay_image(frame, masks, colors) if masks else frame.copy()
+        radius = max(3, min(frame.shape[:2]) // 80)
+        for (x, y), positive in zip(self.draft.prompt.points, self.draft.prompt.positive, strict=True):
+            cv2.circle(image, (int(x), int(y)), radius, _POSITIVE if positive else _NEGATIVE, -1, cv2.LINE_AA)
+            cv2.circle(image, (int(x), int(y)), radius, (255, 255, 255), 1, cv2.LINE_AA)
+        if self.draft.prompt.box is not None:
+            x0, y0, x1, y1 = (int(v) for v in self.draft.prompt.box)
+            cv2.rectangle(image, (x0, y0), (x1, y1), (255, 255, 255), 2)
+        if self.draft.corner is not None:
+            cv2.drawMarker(
+                image,
+                tuple(int(v) for v in self.draft.corner),
+                (255, 255, 0),
+                cv2.MARKER_CROSS,
+                4 * radius,
+                2,
+            )
+        return image
+
+    def objects(self) -> list[ChatObject]:
+        return list(self.session.objects) if self.session else []
+
+    def color_of(self, obj: ChatObject) -> str:
+        r, g, b = object_color(obj.color_index)
+        return f"#{r:02x}{g:02x}{b:02x}"
+
+    # ------------------------------------------------------------------ chat
+
+    def _session(self) -> ChatSession:
+        if self.session is None:
+            raise ValueError("Upload an image or a clip first")
+        return self.session
+
+    def ask(self, question: str, settings: GenerationSettings) -> Iterator[Reply]:
+        return self._session().ask(question, settings)
+
+    def describe(self, object_id: int, settings: GenerationSettings) -> Iterator[Reply]:
+        return self._session().describe(object_id, settings)
+
+    def regenerate(self, settings: GenerationSettings) -> Iterator[Reply]:
+        return self._session().regenerate(settings)
+
+    def stop(self) -> None:
+        if self.session is not None:
+            self.session.stop()
+        self.cancel.set()
+
+    # ------------------------------------------------------------------ export
+
+    def _mask_set(self) -> dict[int, dict[int, np.ndarray]]:
+        return {obj.id: dict(obj.masks) for obj in self._session().objects}
+
+    def export_masks_zip(self) -> Path:
+        if not self._session().objects:
+            raise ValueError("There are no objects to export")
+        return export_png_zip(self._mask_set(), self.folder / "masks.zip")
+
+    def export_masks_json(self) -> Path:
+        if not self._session().objects:
+            raise ValueError("There are no objects to export")
+        return export_rle_json(self._mask_set(), self.folder / "masks_coco_rle.json")
+
+    def export_transcript(self, fmt: str) -> Path:
+        session = self._session()
+        objects = [
+            {"id": o.id, "tag": o.tag, "name": o.name, "color": self.color_of(o)} for o in session.objects
+        ]
+        if fmt == "json":
+            path = self.folder / "transcript.json"
+            path.write_text(json.dumps({"objects": objects, "turns": session.transcript()}, indent=2))
+            return path
+        lines = ["# PixelRefer chat", ""]
+        lines += [f"- {o['tag']}{' (' + o['name'] + ')' if o['name'] else ''}" for o in objects]
+        for turn in session.transcript():
+            lines += ["", f"**You:** {turn['question']}", "", f"**PixelRefer:** {turn['answer']}"]
+        path = self.folder / "transcript.md"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def close(self) -> None:
+        """Free the session's caches and delete this visitor's files."""
+        self.cancel.set()
+        if self.session is not None:
+            self.session.close()
+        self.session = None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink very large images to `max_side` (the model and SAM would resize them anyway)."""
+    height, width = image.shape[:2]
+    if max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    return cv2.resize(
+        image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
+    )
