@@ -113,7 +113,10 @@ def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> V
     try:
         infos = ffmpeg_parse_infos(str(source))
     except OSError as exc:
-        raise MediaRejected(f"{source.name} could not be read as a video: {exc}") from exc
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise MediaRejected(
+            f"{source.name} could not be read as a video ({lines[-1] if lines else exc})"
+        ) from exc
     if not infos.get("video_found"):
         raise MediaRejected(f"{source.name} has no video stream")
     width, height = infos["video_size"]
