@@ -37,6 +37,10 @@ __all__ = [
 ]
 
 
+OFFICIAL_DEFAULT_TOP_K = 50
+"""GenerationConfig's top_k default in transformers 4.46.3, the version the official code pins (5.x has None)."""
+
+
 class GenerationTimeout(RuntimeError):
     """Decoding ran past its time budget; the tokens so far are kept."""
 
@@ -71,8 +75,10 @@ def build_logits_processors(settings: GenerationSettings, config: GenerationConf
         top_p = 0.9 if settings.top_p is None else settings.top_p
         if temperature > 0 and temperature != 1.0:
             processors.append(TemperatureLogitsWarper(temperature))
-        if config.top_k is not None and config.top_k != 0:
-            processors.append(TopKLogitsWarper(top_k=int(config.top_k)))
+        # A file without top_k meant transformers 4.46's default of 50 for the official code.
+        top_k = OFFICIAL_DEFAULT_TOP_K if config.top_k is None else int(config.top_k)
+        if top_k != 0:
+            processors.append(TopKLogitsWarper(top_k=top_k))
         if top_p < 1.0:
             processors.append(TopPLogitsWarper(top_p=top_p))
     return processors
