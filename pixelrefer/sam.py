@@ -290,7 +290,8 @@ class Sam2Segmenter(Segmenter):
         self.image_model = (
             Sam2Model.from_pretrained(self.folder, dtype=placement.dtype).to(placement.device).eval()
         )
-        self.image_size = int(self.image_model.config.vision_config.backbone_config.image_size[0])
+        size = self.image_model.config.prompt_encoder_config.image_size
+        self.image_size = int(size[0] if isinstance(size, list | tuple) else size)
         self.processor = sam_processor(self.image_size)
         self.last_track_stats: TrackStats | None = None
         self._video_model: Sam2VideoModel | None = None
