@@ -53,16 +53,15 @@ def resolve_source(
 ) -> Path:
     """Return a local folder holding `source`.
 
-    A path that exists is used as is (relative paths are resolved against `base_dir` first, then the
+    A path that exists is used as is (a relative path is taken from `base_dir` when given, else from the
     working directory). Anything else shaped like `owner/name` is fetched through the Hugging Face cache;
     `HF_HUB_OFFLINE` and `HF_TOKEN` are honoured by huggingface_hub itself. Failures become one
     `WeightsUnavailable` naming the source and the fix.
     """
     text = os.fspath(source)
-    candidates = []
-    if base_dir is not None and not os.path.isabs(text):
-        candidates.append(Path(base_dir) / text)
-    candidates.append(Path(text).expanduser())
+    given = Path(text).expanduser()
+    # A relative name inside a checkpoint means that checkpoint's folder, never the working directory.
+    candidates = [Path(base_dir) / given] if base_dir is not None and not given.is_absolute() else [given]
     for path in candidates:
         if path.is_dir():
             return path.resolve()

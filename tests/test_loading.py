@@ -285,6 +285,12 @@ def test_the_vision_folder_is_resolved_against_the_checkpoint_not_the_working_di
     # Without the decoy, the folder is still found (it never depended on the working directory).
     shutil.rmtree(decoy)
     assert PixelRefer.from_pretrained(str(folder), device="cpu").config.vision_config.hidden_size == 32
+    # And a checkpoint that lacks its vision folder does not pick up a same-named one from the working
+    # directory, even a valid one: the error names the folder.
+    shutil.copytree(folder / VISION_FOLDER, decoy)
+    shutil.rmtree(folder / VISION_FOLDER)
+    with pytest.raises(WeightsUnavailable, match=VISION_FOLDER):
+        PixelRefer.from_pretrained(str(folder), device="cpu")
 
 
 def test_a_relative_checkpoint_path_is_taken_from_the_working_directory(
