@@ -296,7 +296,10 @@ class Sam2Segmenter(Segmenter):
         self.last_track_stats: TrackStats | None = None
         self._video_model: Sam2VideoModel | None = None
         self._embedded: tuple[str, list[torch.Tensor]] | None = None
-        self._lock = threading.Lock()
+        # Clicks share the cached image features; tracking runs hold GPU memory. Each has its own lock, so
+        # a long tracking run does not hold up clicks on another picture.
+        self._click_lock = threading.Lock()
+        self._track_lock = threading.RLock()
 
     @classmethod
     def load(cls, spec: str = "tiny", *, placement: SamPlacement | None = None) -> Sam2Segmenter:
@@ -310,9 +313,10 @@ class Sam2Segmenter(Segmenter):
     @property
     def video_model(self) -> Sam2VideoModel:
         """The tracking model, loaded from the same checkpoint the first time a clip is tracked."""
-        if self._video_model is None:
-            model = Sam2VideoModel.from_pretrained(self.folder, dtype=self.placement.dtype)
-            self._video_model = model.to(self.placement.device).eval()
+        with self._track_lock:
+            if self._video_model is None:
+                model = Sam2VideoModel.from_pretrained(self.folder, dtype=self.placement.dtype)
+                self._video_model = model.to(self.placement.device).eval()
         return self._video_model
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -352,7 +356,7 @@ class Sam2Segmenter(Segmenter):
 
     def _segment(self, image: np.ndarray, prompt: Prompt) -> SegmentResult:
         height, width = image.shape[:2]
-        with self._lock, torch.inference_mode():
+        with self._click_lock, torch.inference_mode():
             embeddings = self._embeddings(image)
             inputs, n_points = self._prompt_inputs(prompt, height, width)
             several = self.image_model(image_embeddings=embeddings, multimask_output=True, **inputs)
@@ -439,7 +443,7 @@ class Sam2Segmenter(Segmenter):
                 progress(done, total)
             return self._frame_masks(outputs, height, width)
 
-        with self._lock, torch.inference_mode():
+        with self._track_lock, torch.inference_mode():
             for position in sorted(marked):
                 for object_id in marked[position]:
                     self._add_marks(session, position, number[object_id], prompts[object_id][position])

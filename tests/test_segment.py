@@ -276,6 +276,34 @@ class TestSam2Track:
         with pytest.raises(TrackingCancelled, match="after 0 of"):
             sam2.track(frames, {1: {0: Prompt(points=[(40, 45)])}}, cancel=cancel)
 
+    def test_clicks_are_not_held_up_by_tracking(self, sam2: Sam2Segmenter) -> None:
+        frames, _ = moving_scene(4)
+        tracking, release = threading.Event(), threading.Event()
+
+        def progress(done: int, total: int) -> None:
+            tracking.set()
+            release.wait(30)
+
+        worker = threading.Thread(
+            target=sam2.track,
+            args=(frames, {1: {0: Prompt(points=[(40, 45)])}}),
+            kwargs={"progress": progress},
+        )
+        worker.start()
+        try:
+            assert tracking.wait(30)
+            results = []
+            click = threading.Thread(
+                target=lambda: results.append(sam2.segment_image(frames[0], Prompt(points=[(40, 45)])))
+            )
+            click.start()
+            click.join(20)
+            assert len(results) == 1, "a click waited for the tracking run to finish"
+            assert results[0].mask.shape == (160, 200)
+        finally:
+            release.set()
+            worker.join(30)
+
     def test_marks_must_fit_the_clip(self, sam2: Sam2Segmenter) -> None:
         frames, _ = moving_scene(3)
         with pytest.raises(PromptError, match="frame 5"):
