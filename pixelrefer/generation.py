@@ -165,6 +165,9 @@ def decode(
     keep()
 
 
+_CONTROL = {code: None for code in [*range(0, 9), 11, 12, *range(14, 32), 127]}
+
+
 class TextStream:
     """Turns token ids into text increments, never showing added tokens (`<REGION>`, `<image>`, ...).
 
@@ -179,9 +182,10 @@ class TextStream:
         self._sent = 0
 
     def text_of(self, ids: list[int]) -> str:
-        """Display text of `ids`: added and special tokens removed."""
+        """Display text of `ids`: added and special tokens removed, and no control characters."""
         kept = [i for i in ids if i not in self._hidden]
-        return self._tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        text = self._tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return text.translate(_CONTROL)
 
     def push(self, token_id: int) -> str:
         self._ids.append(token_id)

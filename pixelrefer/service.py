@@ -9,6 +9,7 @@ segmenter. `banner` says so and what to do.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import threading
 import time
@@ -189,6 +190,12 @@ class Service:
         if self.model is None or self.model.source != str(folder):
             self.model = PixelRefer.from_pretrained(str(folder), device="cpu", dtype="float32")
         return self.model
+
+    def release_memory(self) -> None:
+        """After an out-of-memory error: drop what Python and the CUDA allocator hold on to."""
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ what the UI shows
 
