@@ -1,0 +1,36 @@
+"""The README's two set-up commands stay true: the test command is exactly what CI runs."""
+
+from __future__ import annotations
+
+import re
+
+from .test_parity import REPO
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    body = text.split("\n# ", 1)[1]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", body, flags=re.S)[:2]]
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    text = (REPO / "README.md").read_text()
+    after_title = text.split("\n# ", 1)[1].split("\n", 1)[1].lstrip()
+    assert after_title.startswith("```bash\n")
+    demo, tests = readme_commands()
+    assert demo == "pip install -r requirements.txt && python app.py"
+    assert "pytest" in tests and "requirements.txt" in tests
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    _, tests = readme_commands()
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert tests in ci_lines
+
+
+def test_requirements_install_everything_the_code_imports() -> None:
+    requirements = (REPO / "requirements.txt").read_text().lower()
+    for package in ("torch", "torchvision", "transformers", "accelerate", "bitsandbytes", "gradio", "moviepy",
+                    "opencv-python-headless", "pycocotools", "safetensors", "huggingface_hub", "psutil",
+                    "pytest", "playwright"):  # fmt: skip
+        assert re.search(rf"^{re.escape(package)}\b", requirements, flags=re.M), package
