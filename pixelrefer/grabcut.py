@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from pixelrefer.masks import ObjectId, clean_mask
-from pixelrefer.segment import Progress, Prompt, Segmenter, SegmentResult, rank_candidates
+from pixelrefer.segment import Progress, Prompt, Segmenter, SegmentResult, Tracks, rank_candidates
 
 __all__ = ["GrabCutSegmenter"]
 
@@ -146,11 +146,11 @@ class GrabCutSegmenter(Segmenter):
         prompts: Mapping[ObjectId, Mapping[int, Prompt]],
         progress: Progress | None,
         cancel: threading.Event | None,
-    ) -> dict[ObjectId, dict[int, np.ndarray]]:
+    ) -> Tracks:
         count = len(frames)
         total = len(prompts) * count
         done = 0
-        tracks: dict[ObjectId, dict[int, np.ndarray]] = {}
+        tracks: Tracks = {}
         for object_id, marks in prompts.items():
             self._stop_if_cancelled(cancel, done, total)
             masks: dict[int, np.ndarray] = {}

@@ -36,7 +36,7 @@ from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoSegmenta
 from pixelrefer.devices import PlacementError, resolve_dtype, visible_gpus
 from pixelrefer.hub import resolve_source
 from pixelrefer.masks import ObjectId, clean_mask
-from pixelrefer.segment import Progress, Prompt, Segmenter, SegmentResult, rank_candidates
+from pixelrefer.segment import Progress, Prompt, Segmenter, SegmentResult, Tracks, rank_candidates
 
 __all__ = [
     "SAM_SIZES",
@@ -404,7 +404,7 @@ class Sam2Segmenter(Segmenter):
         prompts: Mapping[ObjectId, Mapping[int, Prompt]],
         progress: Progress | None,
         cancel: threading.Event | None,
-    ) -> dict[ObjectId, dict[int, np.ndarray]]:
+    ) -> Tracks:
         model = self.video_model
         height, width = frames[0].shape[:2]
         count = len(frames)
@@ -429,7 +429,7 @@ class Sam2Segmenter(Segmenter):
         backward = list(range(last_start, -1, -1)) if last_start > 0 else []
         total = len(marked) + (count - start) + len(backward)
         keep = max(model.config.num_maskmem, model.config.max_object_pointers_in_encoder)
-        tracks: dict[ObjectId, dict[int, np.ndarray]] = {object_id: {} for object_id in prompts}
+        tracks: Tracks = {object_id: {} for object_id in prompts}
         done = 0
         peak = 0
 

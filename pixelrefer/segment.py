@@ -28,6 +28,7 @@ __all__ = [
     "SegmentResult",
     "Segmenter",
     "TrackingCancelled",
+    "Tracks",
     "load_segmenter",
     "rank_candidates",
     "scribble_mask",
@@ -41,6 +42,7 @@ Progress = Callable[[int, int], None]
 """Called as `progress(done, total)` after each frame of a tracking run."""
 
 Tracks = dict[ObjectId, dict[int, np.ndarray]]
+"""What tracking returns: a bool HxW mask per object, per frame position."""
 
 
 class PromptError(ValueError):
