@@ -4,7 +4,7 @@ It keeps the demo usable offline or before SAM's weights arrive. On an image, cl
 seed GrabCut's colour models. Through a clip, each frame is re-seeded from the neighbouring frame's mask:
 the eroded mask is sure object, a band around it may be either, everything beyond is background. Objects
 are followed forward and backward from every marked frame. Large frames are segmented at a working size
-and the mask scaled back, so a step stays around a tenth of a second.
+and the mask scaled back, so a click or a tracking step stays well under half a second.
 """
 
 from __future__ import annotations
