@@ -177,6 +177,7 @@ def build_tiny_sam2(folder: str | os.PathLike, *, image_size: int = 128, seed: i
                 "embed_dim_per_stage": [12, 24, 48, 96],
                 "num_attention_heads_per_stage": [1, 1, 2, 2],
                 "blocks_per_stage": [1, 1, 2, 1],
+                # A global block must not open a stage (transformers' Hiera divides by its window of 0 there).
                 "global_attention_blocks": [3],
                 "window_size_per_stage": [4, 4, 4, 2],
                 "image_size": [image_size, image_size],
