@@ -56,6 +56,9 @@ class GenerationSettings:
     seed: int = 1234
 
     def __post_init__(self) -> None:
+        if self.do_sample and self.temperature == 0:
+            # Sampling at temperature 0 is greedy decoding; say so instead of dividing by zero.
+            object.__setattr__(self, "do_sample", False)
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         if self.temperature is not None and self.temperature < 0:

@@ -29,7 +29,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from .config import PixelReferConfig
-from .devices import Placement, PlacementError, plan_loading, visible_gpus
+from .devices import Placement, plan_loading, visible_gpus
 from .hub import WeightsUnavailable, resolve_source
 from .model import PixelReferForCausalLM
 from .vision import PixelReferImageProcessor, build_processor, load_vision_config
@@ -38,7 +38,7 @@ __all__ = ["Loaded", "Quantization", "estimate_weight_bytes", "load_checkpoint",
 
 Quantization = Literal["8bit", "4bit"] | None
 
-KNOWN_UNUSED = ("model.region_encoder.mask_embedding.",)
+KNOWN_UNUSED = ("model.region_encoder.mask_embedding.weight", "model.region_encoder.mask_embedding.bias")
 # Full module-path prefixes: transformers matches skip patterns from the start of the name or as a suffix,
 # so a bare "vision_encoder" would not keep "model.vision_encoder.*" unquantized.
 UNQUANTIZED_MODULES = ["model.vision_encoder", "model.mm_projector", "model.region_encoder", "lm_head"]
@@ -166,7 +166,7 @@ def _strict(info: dict, config: PixelReferConfig) -> None:
     missing = [
         k for k in info.get("missing_keys", []) if not (k == "lm_head.weight" and config.tie_word_embeddings)
     ]
-    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(KNOWN_UNUSED)]
+    unexpected = [k for k in info.get("unexpected_keys", []) if k not in KNOWN_UNUSED]
     mismatched = [
         f"{item[0]} (checkpoint {list(item[1])}, model {list(item[2])})"
         if isinstance(item, tuple) and len(item) == 3
@@ -204,8 +204,6 @@ def load_checkpoint(
     placement, torch_dtype = plan_loading(
         device, dtype, visible_gpus(), lambda chosen: estimate_weight_bytes(config, chosen, quantization)
     )
-    if quantization is not None and placement.devices == ("cpu",) and torch_dtype == torch.float16:
-        raise PlacementError("float16 quantized compute is not supported on the CPU: use float32")
     config._attn_implementation = attn_implementation
     config.vision_config._attn_implementation = attn_implementation
     with _quiet():
@@ -226,6 +224,11 @@ def load_checkpoint(
             raise ValueError(
                 f"Cannot load '{source}': a pytorch_model*.bin file holds objects other than tensors, so it "
                 "was refused (weights are only read as plain tensors); use a safetensors checkpoint"
+            ) from exc
+        except (TypeError, AttributeError, KeyError, IndexError) as exc:
+            raise ValueError(
+                f"Cannot load '{source}': its weight files are not a mapping of tensor names to tensors "
+                f"({type(exc).__name__})"
             ) from exc
         _strict(info, config)
         model.eval()

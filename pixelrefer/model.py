@@ -58,7 +58,7 @@ class PixelReferForCausalLM(Qwen2ForCausalLM):
 
     config_class = PixelReferConfig
     _no_split_modules = ["Qwen2DecoderLayer", "VisionTower", "ObjectTokenizer", "Projector"]
-    _keys_to_ignore_on_load_unexpected = [r"^model\.region_encoder\.mask_embedding\."]
+    _keys_to_ignore_on_load_unexpected = [r"^model\.region_encoder\.mask_embedding\.(weight|bias)$"]
 
     def __init__(self, config: PixelReferConfig) -> None:
         Qwen2PreTrainedModel.__init__(self, config)
