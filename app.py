@@ -26,8 +26,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
-from pixelrefer.examples import Example, load_examples  # noqa: E402
 
+from pixelrefer.examples import Example, load_examples  # noqa: E402
 from pixelrefer.generation import GenerationSettings  # noqa: E402
 from pixelrefer.images import ImageError, load_image  # noqa: E402
 from pixelrefer.limits import MediaRejected  # noqa: E402
@@ -68,14 +68,21 @@ def gpu(duration: Callable[..., int]) -> Callable:
     return wrap
 
 
+def _frames(ws) -> int:
+    return len(ws.clip) if isinstance(ws, Workspace) and ws.clip is not None else 1
+
+
 def answer_duration(ws, question, max_new_tokens, *args) -> int:
-    frames = len(ws.clip) if ws is not None and ws.clip is not None else 1
-    return int(min(300, 20 + 0.08 * int(max_new_tokens or 512) + 2 * frames))
+    """GPU seconds for an answer; called with the event's arguments (`api_describe` passes image, mask)."""
+    return int(min(300, 20 + 0.08 * int(max_new_tokens or 512) + 2 * _frames(ws)))
+
+
+def regenerate_duration(ws, max_new_tokens, *args) -> int:
+    return answer_duration(ws, None, max_new_tokens)
 
 
 def track_duration(ws, *args) -> int:
-    frames = len(ws.clip) if ws is not None and ws.clip is not None else 1
-    return int(min(300, 20 + 3 * frames))
+    return int(min(300, 20 + 3 * _frames(ws)))
 
 
 # ---------------------------------------------------------------------- rendering
@@ -136,6 +143,8 @@ def view(ws: Workspace | None, message: str = "") -> tuple:
     canvas = ws.canvas() if ws is not None and ws.kind != "none" else None
     choices = object_choices(ws)
     selected = ws.target if ws is not None and ws.target is not None else None
+    # The message is Markdown: tags such as <object1> must show as text, not vanish as unknown HTML.
+    message = message.replace("<", "&lt;").replace(">", "&gt;")
     return canvas, chips(ws), gr.update(choices=choices, value=selected), message
 
 
@@ -250,6 +259,8 @@ def on_example(ws, name):
         slider,
         overlay,
         history(ws),
+        None,  # the upload boxes: what they showed is no longer what is being marked
+        None,
     )
 
 
@@ -426,14 +437,16 @@ def on_relate(question):
 
 
 @friendly
-@gpu(answer_duration)
+@gpu(regenerate_duration)
 def on_regenerate(ws, max_new_tokens, sample, temperature, top_p, seed):
     ws = workspace(ws)
     if not ws.session or not ws.session.history:
         raise gr.Error("There is no answer to regenerate yet.", print_exception=False)
-    question = ws.session.history[-1].question
-    replies = ws.regenerate(settings_of(max_new_tokens, sample, temperature, top_p, int(seed) + 1))
-    yield from _stream(ws, replies, question)
+    last = ws.session.history[-1]
+    # Greedy decoding would repeat the same answer, and a fixed seed the same sample: always sample, with
+    # the next seed after the one the last answer used.
+    settings = settings_of(max_new_tokens, True, temperature, top_p, last.settings.seed + 1)
+    yield from _stream(ws, ws.regenerate(settings), last.question)
 
 
 def on_stop(ws):
@@ -495,12 +508,7 @@ def api_describe(image, mask, max_new_tokens=256, seed=1234):
     ws = Workspace(SERVICE)
     try:
         ws.open_image(image)
-        binary = to_bool_mask(load_image(mask))
-        if binary.shape != ws.frame.shape[:2]:
-            raise ValueError(
-                f"The mask is {binary.shape[1]}x{binary.shape[0]}, the image {ws.frame.shape[1]}x{ws.frame.shape[0]}"
-            )
-        obj = ws.session.add_object(binary)
+        obj = ws.session.add_object(ws.fit_mask(load_image(mask)))
         final = None
         for reply in ws.describe(
             obj.id, GenerationSettings(max_new_tokens=int(max_new_tokens), seed=int(seed))
@@ -512,7 +520,7 @@ def api_describe(image, mask, max_new_tokens=256, seed=1234):
 
 
 @friendly
-def api_open(ws, image, video):
+def api_open(ws, image=None, video=None):
     """Start a chat about an image or a clip; returns a summary."""
     ws = workspace(ws)
     if image:
@@ -531,8 +539,7 @@ def api_add_object(ws, mask, frame):
     if ws is None or ws.session is None:
         raise ValueError("Call /open first")
     frame_index = int(frame or 0)
-    binary = to_bool_mask(load_image(mask))
-    obj = ws.session.add_object({frame_index: binary}, marked_frames=[frame_index])
+    obj = ws.session.add_object({frame_index: ws.fit_mask(load_image(mask))}, marked_frames=[frame_index])
     return ws, obj.tag
 
 
@@ -571,18 +578,32 @@ def build(service: Service) -> gr.Blocks:
                 with gr.Tabs():
                     with gr.Tab("Image"):
                         image_in = gr.Image(
-                            label="Upload an image", type="numpy", sources=["upload", "clipboard"], height=220
+                            label="Upload an image",
+                            type="numpy",
+                            sources=["upload", "clipboard"],
+                            height=220,
+                            elem_id="image-in",
                         )
                     with gr.Tab("Video"):
                         gr.Markdown(f"Clips: {settings.media.describe()}")
-                        video_in = gr.Video(label="Upload a clip", sources=["upload"], height=220)
+                        video_in = gr.Video(
+                            label="Upload a clip", sources=["upload"], height=220, elem_id="video-in"
+                        )
                         frame = gr.Slider(
-                            label="Frame (sampled)", minimum=0, maximum=1, step=1, value=0, visible=False
+                            label="Frame (sampled)",
+                            minimum=0,
+                            maximum=1,
+                            step=1,
+                            value=0,
+                            visible=False,
+                            elem_id="frame",
                         )
                         with gr.Row():
                             track = gr.Button("Track objects through the clip", variant="primary")
                             cancel = gr.Button("Cancel tracking")
-                        overlay = gr.Video(label="Tracked objects", interactive=False, height=240)
+                        overlay = gr.Video(
+                            label="Tracked objects", interactive=False, height=240, elem_id="overlay"
+                        )
                 canvas = gr.Image(
                     label="Click to mark objects", type="numpy", interactive=False, elem_id="canvas"
                 )
@@ -594,12 +615,12 @@ def build(service: Service) -> gr.Blocks:
                 with gr.Row(visible=False) as brush_row:
                     as_mask = gr.Checkbox(label="Use my strokes as the mask (no model)")
                     apply_brush = gr.Button("Segment from strokes")
-                mark_info = gr.Markdown()
+                mark_info = gr.Markdown(elem_id="mark-info")
                 with gr.Row():
                     name = gr.Textbox(label="Name (optional)", scale=2)
                     keep = gr.Button("Keep object", variant="primary", scale=1)
                     clear_marks = gr.Button("Clear marks", scale=1)
-                object_chips = gr.HTML(chips(None))
+                object_chips = gr.HTML(chips(None), elem_id="objects")
                 with gr.Row():
                     picked = gr.Dropdown(
                         label="Object", choices=[], value=None, allow_custom_value=False, scale=2
@@ -626,7 +647,7 @@ def build(service: Service) -> gr.Blocks:
                 with gr.Row():
                     describe = gr.Button("Describe the object in detail")
                     relate = gr.Button("How do <object1> and <object2> relate?")
-                with gr.Accordion("Generation settings", open=False):
+                with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
                     max_tokens = gr.Slider(
                         1,
                         settings.max_new_tokens,
@@ -638,15 +659,15 @@ def build(service: Service) -> gr.Blocks:
                     temperature = gr.Slider(0.05, 2.0, value=0.2, label="Temperature")
                     top_p = gr.Slider(0.05, 1.0, value=0.9, label="Top-p")
                     seed = gr.Number(value=1234, precision=0, label="Seed")
-                with gr.Accordion("Export", open=False):
+                with gr.Accordion("Export", open=False, elem_id="export-panel"):
                     export_what = gr.Radio(
                         ["Masks (PNG zip)", "Masks (COCO RLE JSON)", "Transcript (Markdown)", "Transcript (JSON)", "Overlay clip (mp4)"],
                         value="Masks (PNG zip)", label="What",
                     )  # fmt: skip
                     export = gr.Button("Export")
-                    exported = gr.File(label="Download")
-                with gr.Accordion("Model", open=False):
-                    status = gr.Markdown(status_markdown())
+                    exported = gr.File(label="Download", elem_id="download")
+                with gr.Accordion("Model", open=False, elem_id="model-panel"):
+                    status = gr.Markdown(status_markdown(), elem_id="model-status")
                     picker = gr.Dropdown(label="Checkpoint (only those that fit this machine)", choices=[])
                     load_model = gr.Button("Load")
                 gr.Markdown(CREDITS)
@@ -665,9 +686,12 @@ def build(service: Service) -> gr.Blocks:
 
         marked = [state, canvas, object_chips, picked, mark_info]
         gen = [max_tokens, sample, temperature, top_p, seed]
-        image_in.upload(on_image, [state, image_in], marked, **private)
-        video_in.upload(on_video, [state, video_in], [*marked, frame, overlay], **private)
-        frame.release(on_seek, [state, frame], marked, **private)
+        painting = ([state, tool], [painter, brush_row])  # the brush panel follows the picture shown
+        image_in.upload(on_image, [state, image_in], marked, **private).then(on_tool, *painting, **private)
+        video_in.upload(on_video, [state, video_in], [*marked, frame, overlay], **private).then(
+            on_tool, *painting, **private
+        )
+        frame.release(on_seek, [state, frame], marked, **private).then(on_tool, *painting, **private)
         canvas.select(on_click, [state, tool], marked, concurrency_id="segmenter", **private)
         tool.change(on_tool, [state, tool], [painter, brush_row], **private)
         apply_brush.click(on_brush, [state, painter, as_mask], marked, concurrency_id="segmenter", **private)
@@ -684,8 +708,8 @@ def build(service: Service) -> gr.Blocks:
         for button, example in zip(example_buttons, EXAMPLE_LIST, strict=True):
             button.click(
                 functools.partial(on_example, name=example.name), [state],
-                [*marked, question, frame, overlay, chatbot], **private,
-            )  # fmt: skip
+                [*marked, question, frame, overlay, chatbot, image_in, video_in], **private,
+            ).then(on_tool, *painting, **private)  # fmt: skip
         chat_out = [state, chatbot, question]
         send_event = send.click(on_send, [state, question, *gen], chat_out, **model_events, **private)
         submit_event = question.submit(on_send, [state, question, *gen], chat_out, **model_events, **private)
@@ -696,6 +720,7 @@ def build(service: Service) -> gr.Blocks:
         relate.click(on_relate, [question], [question], **private)
         stop.click(on_stop, [state], None, queue=False, **private)
         clear_chat.click(on_clear_chat, [state], [state, chatbot], **private)
+        chatbot.clear(on_clear_chat, [state], [state, chatbot], **private)
         del send_event, submit_event, describe_event, regen_event
         export.click(on_export, [state, export_what], [exported], **private)
         load_model.click(on_load_model, [picker], [status, banner], **model_events, **private)
@@ -732,17 +757,20 @@ EXAMPLE_LIST: list[Example] = load_examples(EXAMPLES) if (EXAMPLES / "examples.j
 EXAMPLE_BY_NAME = {e.name: e for e in EXAMPLE_LIST}
 
 
+def launch_options(settings: AppSettings) -> dict:
+    """What `demo.launch` needs besides the host and port (the tests launch with the same)."""
+    return {
+        "allowed_paths": [str(EXAMPLES), str(ASSETS)],
+        "max_file_size": f"{int(settings.media.max_upload_mb)}mb",
+        "css": CSS,
+        "footer_links": ["api"],
+    }
+
+
 def main() -> None:
     SERVICE.start()
     demo = build(SERVICE)
-    demo.launch(
-        server_name=SETTINGS.host,
-        server_port=SETTINGS.port,
-        allowed_paths=[str(EXAMPLES), str(ASSETS)],
-        max_file_size=f"{int(SETTINGS.media.max_upload_mb)}mb",
-        css=CSS,
-        footer_links=["api"],
-    )
+    demo.launch(server_name=SETTINGS.host, server_port=SETTINGS.port, **launch_options(SETTINGS))
 
 
 if __name__ == "__main__":

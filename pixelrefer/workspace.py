@@ -22,7 +22,7 @@ import numpy as np
 from .chat import ChatObject, ChatSession, Reply
 from .generation import GenerationSettings
 from .images import load_image
-from .masks import export_png_zip, export_rle_json, object_color
+from .masks import export_png_zip, export_rle_json, object_color, to_bool_mask
 from .segment import Prompt, PromptError, SegmentResult, scribble_mask
 from .service import Service
 from .video import Clip, load_clip, overlay_image, write_overlay_video
@@ -133,6 +133,20 @@ class Workspace:
             return
         self.position = int(np.clip(position, 0, len(self.clip) - 1))
         self.draft = _Draft(self._stored_prompt())
+
+    def fit_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A mask drawn on the media as uploaded, at the size of the frames held here.
+
+        Large images and clips are shrunk on opening; a larger mask of the same aspect ratio (up to rounding)
+        is shrunk the same way. Any other size is returned as it is, for the chat to refuse.
+        """
+        binary = to_bool_mask(mask)
+        height, width = self.frame.shape[:2]
+        rows, cols = binary.shape
+        if cols > width and abs(rows * width / cols - height) <= 1.5:
+            shrunk = cv2.resize(binary.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+            return shrunk > 0
+        return binary
 
     def _model(self):
         if self.service.model is None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -46,3 +49,60 @@ def coded_clip(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         return made[key]
 
     return make
+
+
+# ---------------------------------------------------------------------- the Gradio app (test_app_*.py)
+
+
+@dataclass(frozen=True)
+class PreviewApp:
+    """`app.py` serving its offline preview in this process: the URL, the Blocks and the shared service."""
+
+    url: str
+    demo: Any
+    service: Any
+    examples: tuple[Any, ...]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+APP_PREVIEW_MAX_NEW_TOKENS = 4096
+"""The preview app's token limit in the tests: long enough that a visitor can stop an answer mid-way."""
+
+
+@pytest.fixture(scope="session")
+def preview_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp]:
+    """The app in offline preview (tiny random PixelRefer built under a temporary folder, GrabCut masks),
+    launched once per test run as `main()` launches it, on a free port; closed at the end."""
+    import app
+
+    settings = app.SERVICE.settings
+    app.SERVICE.settings = replace(
+        settings,
+        preview_dir=tmp_path_factory.mktemp("app-preview"),
+        max_new_tokens=APP_PREVIEW_MAX_NEW_TOKENS,
+    )
+    app.SERVICE.start()
+    assert app.SERVICE.preview, (
+        f"the app should fall back to its offline preview, not serve {app.SERVICE.requested}"
+    )
+    assert app.SERVICE.segmenter is not None and app.SERVICE.segmenter.is_classical
+    demo = app.build(app.SERVICE)
+    port = free_port()
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        **app.launch_options(app.SERVICE.settings),
+    )
+    try:
+        yield PreviewApp(f"http://127.0.0.1:{port}/", demo, app.SERVICE, tuple(app.EXAMPLE_LIST))
+    finally:
+        demo.close()
+        app.SERVICE.settings = settings

@@ -1,0 +1,491 @@
+"""The app in a real browser: Playwright's Python package driving Debian's headless Chromium.
+
+Three flows run against the app in offline preview (served in this process, see `preview_app` in
+conftest.py): an example with a streamed answer; an image with a clicked and a boxed object, a chat about
+both, a stopped answer and a regenerated one; a clip marked on a middle frame, tracked, previewed and
+asked about. A fourth runs the real path in a separate `python app.py` process: a fixture PixelRefer
+checkpoint and a tiny random SAM 2.1 saved by the test.
+
+Every test saves a full-page screenshot under artifacts/screenshots/. The README's screenshots of the image
+and video flows are rewritten from the same runs with
+
+    PIXELREFER_UPDATE_SCREENSHOTS=1 HF_HUB_OFFLINE=1 python -m pytest tests/test_app_browser.py
+
+Chromium is Debian's (`/usr/bin/chromium`, or $PIXELREFER_CHROMIUM); Playwright's own browsers are never
+used. Without Chromium these tests fail, they are not skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from pixelrefer.masks import mask_from_rle, object_color
+from pixelrefer.video import load_clip, probe_video, read_frames
+
+from .app_media import SceneClip, SceneImage, iou, write_scene_clip, write_scene_image
+from .conftest import APP_PREVIEW_MAX_NEW_TOKENS, PreviewApp, free_port
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOTS = REPO / "artifacts" / "screenshots"
+README_SCREENSHOTS = REPO / "assets" / "screenshots"
+CHROMIUM = Path(os.environ.get("PIXELREFER_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1280, "height": 900}
+WAIT_MS = 60_000
+"""How long to wait for something to appear: generous, since these are waits, never timings."""
+
+
+# ---------------------------------------------------------------------- browser and pages
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), f"Debian's Chromium is not at {CHROMIUM}: apt-get install chromium (see README)"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()
+
+
+def open_app(browser: Browser, url: str) -> Page:
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#chat")
+    return page
+
+
+@pytest.fixture()
+def page(browser: Browser, preview_app: PreviewApp) -> Iterator[Page]:
+    """A new visitor (own browser context, so own session) on the preview app."""
+    opened = open_app(browser, preview_app.url)
+    yield opened
+    opened.context.close()
+
+
+def save_screenshot(page: Page, name: str, *, readme: bool = False) -> Path:
+    """artifacts/screenshots/<name>.png, and with PIXELREFER_UPDATE_SCREENSHOTS=1 the README's copy."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if readme and os.environ.get("PIXELREFER_UPDATE_SCREENSHOTS") == "1":
+        README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        target = README_SCREENSHOTS / f"{name}.png"
+        # The columns below the banner, as a visitor sees them; 128 colours keep the file small.
+        shot = Image.open(path).convert("RGB")
+        top = page.locator(".tabs").first.evaluate("e => e.getBoundingClientRect().top + window.scrollY")
+        top = max(0, int(top) - 12)
+        shot = shot.crop((0, top, shot.width, min(shot.height, top + 1000)))
+        shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+        assert target.stat().st_size < 400_000
+    return path
+
+
+# ---------------------------------------------------------------------- what the page shows
+
+
+def wait_text(page: Page, selector: str, text: str) -> None:
+    """Wait until the element's text contains `text`."""
+    page.locator(selector).filter(has_text=text).wait_for()
+
+
+def mark_info(page: Page) -> str:
+    return page.locator("#mark-info").inner_text()
+
+
+def click_pixel(page: Page, x: float, y: float) -> None:
+    """Click the canvas at image pixel (x, y), placing the pointer the way Gradio maps clicks to pixels."""
+    image = page.locator("#canvas img")
+    image.scroll_into_view_if_needed()
+    box = image.evaluate(
+        """img => { const r = img.getBoundingClientRect();
+        return {left: r.left, top: r.top, width: r.width, height: r.height,
+                natural_width: img.naturalWidth, natural_height: img.naturalHeight}; }"""
+    )
+    scale = min(box["width"] / box["natural_width"], box["height"] / box["natural_height"], 1)
+    left = box["left"] + (box["width"] - box["natural_width"] * scale) / 2
+    top = box["top"] + (box["height"] - box["natural_height"] * scale) / 2
+    page.mouse.click(left + x * scale, top + y * scale)
+
+
+def mark(page: Page, x: float, y: float, expect: str) -> None:
+    """Click the canvas and wait for the marking message to say `expect`."""
+    click_pixel(page, x, y)
+    wait_text(page, "#mark-info", expect)
+
+
+def keep(page: Page, tag: str) -> None:
+    page.get_by_role("button", name="Keep object", exact=True).click()
+    wait_text(page, "#mark-info", f"Kept as {tag}")
+    wait_text(page, "#objects", tag)
+
+
+def choose_tool(page: Page, tool: str) -> None:
+    page.get_by_label(tool, exact=True).check()
+
+
+def open_panel(page: Page, elem_id: str) -> None:
+    """Open a collapsed accordion (idempotent)."""
+    panel = page.locator(f"#{elem_id}")
+    if not panel.locator("input, button").nth(1).is_visible():
+        panel.get_by_role("button").first.click()
+
+
+def set_max_tokens(page: Page, value: int) -> None:
+    open_panel(page, "generation-settings")
+    field = page.get_by_label("number input for Max new tokens")
+    field.fill(str(value))
+    field.blur()
+
+
+def object_tags(page: Page) -> list[str]:
+    return page.locator("#objects .chip").all_inner_texts()
+
+
+# ---------------------------------------------------------------------- the chat
+
+WATCH_CHAT = """() => {
+  const chat = document.querySelector('#chat');
+  const log = [];
+  const record = () => {
+    const tracker = chat.querySelector('[data-testid="status-tracker"]');
+    const bots = chat.querySelectorAll('[data-testid="bot"]');
+    log.push({busy: !!tracker && !tracker.classList.contains('hide'), count: bots.length,
+              text: bots.length ? bots[bots.length - 1].innerText : ''});
+  };
+  if (window.__chatObserver) window.__chatObserver.disconnect();
+  window.__chatObserver = new MutationObserver(record);
+  window.__chatObserver.observe(chat, {subtree: true, childList: true, characterData: true, attributes: true,
+                                       attributeFilter: ['class']});
+  window.__chatLog = log;
+  record();
+}"""
+
+CHAT_DONE = """() => { const log = window.__chatLog; const first = log.findIndex(e => e.busy);
+  return first >= 0 && log.slice(first).some(e => !e.busy) && !log[log.length - 1].busy; }"""
+
+
+def watch_chat(page: Page) -> None:
+    """Record every change of the chat (busy or not, the number of answers, the last answer's text)."""
+    page.evaluate(WATCH_CHAT)
+
+
+def wait_chat_done(page: Page) -> list[dict]:
+    """Wait until the chat was busy and is idle again; returns what was recorded since `watch_chat`."""
+    page.wait_for_function(CHAT_DONE, timeout=WAIT_MS * 2)
+    return page.evaluate("window.__chatLog")
+
+
+def answers(page: Page) -> list[str]:
+    return page.locator('#chat [data-testid="bot"]').all_inner_texts()
+
+
+def questions(page: Page) -> list[str]:
+    return page.locator('#chat [data-testid="user"]').all_inner_texts()
+
+
+def send(page: Page, question: str | None = None) -> list[dict]:
+    """Send (the question in the box, or `question`) and wait for the whole answer."""
+    if question is not None:
+        page.locator("#question textarea").fill(question)
+    watch_chat(page)
+    page.get_by_role("button", name="Send", exact=True).click()
+    return wait_chat_done(page)
+
+
+def assert_streamed(log: list[dict], final: str, count: int) -> None:
+    """The answer appeared piece by piece: some shorter, non-empty state of it was shown before the end."""
+    assert final.strip(), "the final answer is empty"
+    partial = [e["text"] for e in log if e["count"] == count and e["text"].strip() and e["text"] != final]
+    assert partial, f"no intermediate state of the answer was shown (log: {log})"
+    assert any(len(text) < len(final) for text in partial)
+
+
+def tag_colour(page: Page, message: int, tag: str) -> str:
+    """The CSS colour of `<objectK>` in the `message`-th question of the chat."""
+    span = (
+        page.locator('#chat [data-testid="user"]')
+        .nth(message)
+        .locator("span[style*=color]", has_text=tag)
+        .first
+    )
+    return span.evaluate("e => getComputedStyle(e).color")
+
+
+def css_rgb(colour: tuple[int, int, int]) -> str:
+    return f"rgb({colour[0]}, {colour[1]}, {colour[2]})"
+
+
+# ---------------------------------------------------------------------- media
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> SceneImage:
+    return write_scene_image(tmp_path_factory.mktemp("browser-image"))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> SceneClip:
+    return write_scene_clip(tmp_path_factory.mktemp("browser-clip"))
+
+
+def download(page: Page, url: str, target: Path) -> Path:
+    """Fetch a file the page links to, in the page's session."""
+    response = page.request.get(url)
+    assert response.ok, f"{url}: HTTP {response.status}"
+    target.write_bytes(response.body())
+    return target
+
+
+# ---------------------------------------------------------------------- the flows
+
+
+def test_example_gives_a_streamed_answer(page: Page, preview_app: PreviewApp, scene: SceneImage) -> None:
+    assert "Offline preview" in page.locator("#banner").inner_text()
+    examples = {example.name: example for example in preview_app.examples}
+    coffee, cat = examples["coffee"], examples["cat"]
+
+    # An upload first, then an example, which takes its place (the upload box no longer shows the upload) ...
+    page.locator("#image-in input[type=file]").set_input_files(str(scene.path))
+    wait_text(page, "#mark-info", "Click on an object to mark it.")
+    expect(page.locator("#image-in img")).to_have_count(1)
+    page.get_by_role("button", name=coffee.name, exact=True).click()
+    wait_text(page, "#mark-info", f"Example “{coffee.name}” loaded")
+    expect(page.locator("#image-in img")).to_have_count(0)
+    expect(page.locator("#question textarea")).to_have_value(coffee.question)
+    assert len(object_tags(page)) == len(coffee.objects)
+    send(page)
+    assert len(answers(page)) == 1
+    # The chat's own trash button forgets the conversation too: the next answer comes alone.
+    page.locator("#chat").get_by_role("button", name="Clear", exact=True).click()
+    expect(page.locator('#chat [data-testid="bot"]')).to_have_count(0)
+    send(page, coffee.question)
+    assert len(answers(page)) == 1 and questions(page) == [coffee.question]
+
+    # ... then another example replaces all of it: objects, question, conversation.
+    page.get_by_role("button", name=cat.name, exact=True).click()
+    wait_text(page, "#mark-info", f"Example “{cat.name}” loaded")
+    expect(page.locator("#question textarea")).to_have_value(cat.question)
+    assert object_tags(page) == [f"<object{k}> {obj.name}" for k, obj in enumerate(cat.objects, start=1)]
+    assert answers(page) == [] and questions(page) == []
+
+    log = send(page)
+    (final,) = answers(page)
+    assert_streamed(log, final, count=1)
+    assert questions(page) == [cat.question]
+    save_screenshot(page, "example_flow")
+
+
+def test_image_two_objects_chat_stop_regenerate(
+    page: Page, preview_app: PreviewApp, scene: SceneImage, tmp_path: Path
+) -> None:
+    page.locator("#image-in input[type=file]").set_input_files(str(scene.path))
+    wait_text(page, "#mark-info", "Click on an object to mark it.")
+
+    # One click on the disc, kept as <object1>.
+    mark(page, *scene.disc_centre, expect="Mask by GrabCut")
+    keep(page, "<object1>")
+
+    # The square with the box tool: two opposite corners, kept as <object2>.
+    choose_tool(page, "Box (2 clicks)")
+    x0, y0, x1, y1 = scene.square_box
+    mark(page, x0 - 12, y0 - 12, expect="Now click the opposite corner.")
+    mark(page, x1 + 12, y1 + 12, expect="Mask by GrabCut")
+    keep(page, "<object2>")
+    assert object_tags(page) == ["<object1>", "<object2>"]
+
+    # The kept masks are the objects: exported as COCO RLE and compared with the truth.
+    open_panel(page, "export-panel")
+    page.get_by_label("Masks (COCO RLE JSON)", exact=True).check()
+    page.locator("#export-panel").get_by_role("button", name="Export", exact=True).click()
+    link = page.locator("#download a[href]").first
+    link.wait_for()
+    exported = json.loads(download(page, link.get_attribute("href"), tmp_path / "masks.json").read_text())
+    masks = {entry["object_id"]: mask_from_rle(entry["segmentation"]) for entry in exported["annotations"]}
+    assert set(masks) == {1, 2}
+    assert iou(masks[1], scene.disc) > 0.9
+    assert iou(masks[2], scene.square) > 0.9
+
+    # Ask about both; the tags are shown in their objects' colours. (The quick action's own question gets a
+    # one-token answer from the random preview model, too short to watch it stream, so ask another.)
+    page.get_by_role("button", name="How do <object1> and <object2> relate?").click()
+    expect(page.locator("#question textarea")).to_have_value(
+        "How do <object1> and <object2> relate to each other?"
+    )
+    log = send(page, "Tell me about <object1> and <object2>.")
+    (final,) = answers(page)
+    assert_streamed(log, final, count=1)
+    assert questions(page) == ["Tell me about <object1> and <object2>."]
+    assert tag_colour(page, 0, "<object1>") == css_rgb(object_color(0))
+    assert tag_colour(page, 0, "<object2>") == css_rgb(object_color(1))
+
+    # A long answer, stopped while it streams. (The preview model's greedy answer to this question runs
+    # past the app's 4096-token limit: seconds of generation, so Stop lands in the middle.)
+    set_max_tokens(page, APP_PREVIEW_MAX_NEW_TOKENS)
+    page.locator("#question textarea").fill("Describe <object2> next to <object1> in great detail.")
+    watch_chat(page)
+    page.get_by_role("button", name="Send", exact=True).click()
+    page.wait_for_function(
+        """() => window.__chatLog.some(e => e.busy && e.count === 2 && e.text.trim().length > 0)"""
+    )
+    page.get_by_role("button", name="Stop", exact=True).click()
+    wait_chat_done(page)
+    stopped = answers(page)
+    assert len(stopped) == 2 and stopped[0] == final
+    assert stopped[1].rstrip().endswith("(stopped)"), stopped[1][-200:]
+
+    # Regenerate answers the stopped question again, in its place, to the end.
+    set_max_tokens(page, 32)
+    watch_chat(page)
+    page.get_by_role("button", name="Regenerate", exact=True).click()
+    log = wait_chat_done(page)
+    regenerated = answers(page)
+    assert len(regenerated) == 2 and regenerated[0] == final
+    assert regenerated[1].strip() and "(stopped)" not in regenerated[1]
+    assert any(e["busy"] and e["count"] == 2 for e in log)
+    assert questions(page)[1] == "Describe <object2> next to <object1> in great detail."
+    save_screenshot(page, "image_flow", readme=True)
+
+
+def test_clip_marked_on_a_middle_frame_tracked_and_asked(page: Page, clip: SceneClip, tmp_path: Path) -> None:
+    sampled = load_clip(clip.path)
+    assert len(sampled) == 4
+    middle = 2
+
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-in input[type=file]").set_input_files(str(clip.path))
+    wait_text(page, "#mark-info", f"{len(sampled)} frames sampled")
+
+    # Move the frame slider to a middle frame, as a visitor drags it.
+    slider = page.locator("#frame input[type=range]")
+    slider.scroll_into_view_if_needed()
+    box = slider.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * middle / (len(sampled) - 1), box["y"] + box["height"] / 2)
+    frame_index = sampled.indices[middle]
+    wait_text(page, "#mark-info", f"Frame {frame_index} (t = {sampled.timestamps[middle]:.1f} s)")
+    expect(page.locator("#frame input[type=number]")).to_have_value(str(middle))
+
+    # Mark the disc where it is on that frame, keep it, and track it through the clip.
+    mark(page, *clip.centres[frame_index], expect="Mask by GrabCut")
+    keep(page, "<object1>")
+    assert object_tags(page) == ["<object1> · 1 frame(s)"]
+    page.get_by_role("button", name="Track objects through the clip").click()
+    wait_text(page, "#mark-info", "Tracked through every sampled frame.")
+    assert object_tags(page) == [f"<object1> · {len(sampled)} frame(s)"]
+
+    # The overlay clip plays in the page and shows the disc tinted on every frame, before and after the mark.
+    video = page.locator("#overlay video")
+    video.wait_for()
+    source = video.get_attribute("src")
+    assert source
+    overlay = download(page, source, tmp_path / "overlay.mp4")
+    info = probe_video(overlay)
+    assert info.n_frames == len(sampled) and (info.width, info.height) == clip.size
+    red = object_color(0)[0]
+    for position, drawn in enumerate(read_frames(overlay, range(info.n_frames))):
+        disc = clip.disc(sampled.indices[position])
+        raw = sampled.frames[position].astype(float)
+        tinted = drawn.astype(float)
+        inside = tinted[disc].mean(axis=0) - raw[disc].mean(axis=0)
+        # 45 % of the object's colour over the disc: red rises by about 0.45 * (230 - 20).
+        assert inside[0] > 0.3 * (red - raw[disc][:, 0].mean()), (position, inside)
+        far = np.zeros_like(disc)
+        far[:, int(disc.nonzero()[1].max()) + 20 :] = True  # right of the disc: nothing drawn there
+        assert np.abs(tinted[far] - raw[far]).mean() < 6, position
+
+    # And a question about it.
+    log = send(page, "What is <object1> doing in this clip?")
+    (final,) = answers(page)
+    assert_streamed(log, final, count=1)
+    save_screenshot(page, "video_flow", readme=True)
+
+
+# ---------------------------------------------------------------------- the real path
+
+
+def fixtures_root() -> Path:
+    value = os.environ.get("PIXELREFER_FIXTURES")
+    return Path(value).resolve() if value else (REPO / ".." / "shared" / "fixtures").resolve()
+
+
+@pytest.fixture(scope="module")
+def real_app(tiny_sam2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python app.py --model <fixture checkpoint> --sam2 <tiny random SAM 2.1>` in its own process."""
+    checkpoint = fixtures_root() / "pixelrefer-tiny" / "checkpoint"
+    assert (checkpoint / "config.json").is_file(), (
+        f"no fixture checkpoint at {checkpoint}: set PIXELREFER_FIXTURES"
+    )
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("real-app") / "app.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "app.py", "--model", str(checkpoint), "--sam2", str(tiny_sam2_dir)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, f"app.py exited:\n{log_path.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"app.py did not serve:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_real_path_sam2_click_and_answer(browser: Browser, real_app: str, scene: SceneImage) -> None:
+    page = open_app(browser, real_app)
+    try:
+        assert "Offline preview" not in page.locator("#banner").inner_text()
+        open_panel(page, "model-panel")
+        status = page.locator("#model-status").inner_text()
+        assert "checkpoint" in status and "SAM 2.1" in status and "preview" not in status
+
+        page.locator("#image-in input[type=file]").set_input_files(str(scene.path))
+        wait_text(page, "#mark-info", "Click on an object to mark it.")
+        mark(page, *scene.disc_centre, expect="Mask by SAM 2.1")
+        keep(page, "<object1>")
+
+        set_max_tokens(page, 64)
+        log = send(page, "What is <object1>?")
+        (final,) = answers(page)
+        assert_streamed(log, final, count=1)
+        save_screenshot(page, "real_path")
+    finally:
+        page.context.close()
