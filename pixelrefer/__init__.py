@@ -12,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "FeatureCache": "cache",
     "PrefixCache": "cache",
-    "ChatLimits": "chat",
+    "ChatLimits": "limits",
     "ChatObject": "chat",
     "ChatSession": "chat",
     "Exchange": "chat",
@@ -34,6 +34,9 @@ _EXPORTS = {
     "PixelRefer": "inference",
     "Prepared": "inference",
     "Video": "inference",
+    "LimitExceeded": "limits",
+    "MediaLimits": "limits",
+    "MediaRejected": "limits",
     "MEDIA": "processing",
     "ObjectRef": "processing",
     "Turn": "processing",

@@ -36,26 +36,13 @@ from .cache import FeatureCache, PrefixCache
 from .generation import GenerationSettings
 from .images import ImageInput, load_image
 from .inference import PixelRefer, Prepared, Video, frame_mask
+from .limits import ChatLimits
 from .processing import ObjectRef, Piece, Turn
 from .video import Clip
 
 __all__ = ["ChatLimits", "ChatObject", "ChatSession", "Exchange", "Reply", "parse_question"]
 
 _OBJECT_TAG = re.compile(r"<object(\d+)>")
-
-
-@dataclass(frozen=True)
-class ChatLimits:
-    """Per-session bounds; every one is checked before any network runs."""
-
-    max_objects: int = 16
-    max_question_chars: int = 4000
-    max_prompt_tokens: int = 16384
-    max_history: int = 20
-    masks_per_object: int = 8
-    max_region_tokens: int = 1024
-    cache_bytes: int = 1 << 30
-    generation_timeout_s: float | None = 300.0
 
 
 @dataclass
@@ -206,7 +193,10 @@ class ChatSession:
         checked = {}
         for index, mask in masks.items():
             if int(index) not in self.frames:
-                raise ValueError(f"Frame {index} is not one of the clip's sampled frames")
+                if self.modality == "image":
+                    raise ValueError(f"An image has only frame 0; this mask is on frame {index}")
+                listed = ", ".join(str(f) for f in sorted(self.frames))
+                raise ValueError(f"Frame {index} is not one of the clip's sampled frames ({listed})")
             binary = frame_mask(mask, self.frames[int(index)].shape[:2], "The mask")
             if binary.any():
                 checked[int(index)] = binary
@@ -222,8 +212,7 @@ class ChatSession:
         name: str = "",
     ) -> ChatObject:
         """Add an object; it becomes `<objectK>` with the next unused id and colour."""
-        if len(self.objects) >= self.limits.max_objects:
-            raise ValueError(f"At most {self.limits.max_objects} objects can be marked")
+        self.limits.check_object_count(len(self.objects))
         obj = ChatObject(
             self._next_id, self._next_color, self._check_masks(masks), tuple(marked_frames), name
         )
@@ -374,19 +363,16 @@ class ChatSession:
         prepared = self.model.prepare(
             turns=self._turns(exchange), regions=regions, seed=exchange.settings.seed, **self._media(regions)
         )
-        total = prepared.lm_length + exchange.settings.max_new_tokens
         context = int(getattr(self.model.config, "max_position_embeddings", 32768))
-        if prepared.lm_length > self.limits.max_prompt_tokens or total > context:
-            raise ValueError(
-                f"The conversation is too long ({prepared.lm_length} prompt tokens + "
-                f"{exchange.settings.max_new_tokens} new; the limit is "
-                f"{min(self.limits.max_prompt_tokens, context - exchange.settings.max_new_tokens)}): clear the chat"
-            )
+        self.limits.check_prompt(prepared.lm_length, exchange.settings.max_new_tokens, context)
         return prepared
 
+    def _admit(self, settings: GenerationSettings) -> None:
+        """The checks a new answer must pass before anything is computed (limits that do not need the prompt)."""
+        self.limits.check_new_tokens(settings.max_new_tokens)
+        self.limits.check_history(len(self.history))
+
     def _run(self, exchange: Exchange) -> Iterator[Reply]:
-        if len(self.history) >= self.limits.max_history:
-            del self.history[: len(self.history) - self.limits.max_history + 1]
         started = time.perf_counter()
         prepared = self.prepare(exchange)
         prepare_s = time.perf_counter() - started
@@ -426,26 +412,21 @@ class ChatSession:
         """Ask about the objects (`<object1>` ...); yields the answer as it is generated."""
         question = question.strip()
         if not question:
-            raise ValueError("The question is empty")
-        if len(question) > self.limits.max_question_chars:
-            raise ValueError(
-                f"The question is {len(question):,} characters long; the limit is {self.limits.max_question_chars:,}"
-            )
+            raise ValueError("The question is empty: type a question about the marked objects")
+        self.limits.check_question(question)
         pieces = parse_question(question, [obj.id for obj in self.objects])
-        exchange = Exchange("ask", question, pieces, [], "", "", settings or GenerationSettings())
+        settings = settings or GenerationSettings()
+        self._admit(settings)
+        exchange = Exchange("ask", question, pieces, [], "", "", settings)
         return self._run(exchange)
 
     def describe(self, object_id: int, settings: GenerationSettings | None = None) -> Iterator[Reply]:
         """The official caption prompt for one object."""
         obj = self.get(object_id)
+        settings = settings or GenerationSettings()
+        self._admit(settings)
         exchange = Exchange(
-            "describe",
-            f"Describe {obj.tag} in detail.",
-            (_Ref(obj.id),),
-            [],
-            "",
-            "",
-            settings or GenerationSettings(),
+            "describe", f"Describe {obj.tag} in detail.", (_Ref(obj.id),), [], "", "", settings
         )
         return self._run(exchange)
 
@@ -453,10 +434,10 @@ class ChatSession:
         """Answer the last question again (with new settings, e.g. another seed)."""
         if not self.history:
             raise ValueError("There is no answer to regenerate")
+        settings = settings or self.history[-1].settings
+        self.limits.check_new_tokens(settings.max_new_tokens)
         last = self.history.pop()
-        exchange = replace(
-            last, answer_ids=[], answer="", finish_reason="", settings=settings or last.settings
-        )
+        exchange = replace(last, answer_ids=[], answer="", finish_reason="", settings=settings)
         return self._run(exchange)
 
     def stop(self) -> None:

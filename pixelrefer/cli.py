@@ -89,14 +89,14 @@ def _fit(mask, shape: tuple[int, int], path: str, *, resize: bool):
     import numpy as np
 
     if not mask.any():
-        raise CliError(f"mask {path} is empty")
+        raise CliError(f"mask {path}: the mask is empty: mark at least one pixel")
     if mask.shape == tuple(shape):
         return mask
     same_ratio = abs(mask.shape[0] * shape[1] - mask.shape[1] * shape[0]) <= max(mask.shape)
     if resize and same_ratio:
         return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
     raise CliError(
-        f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but the frame is {shape[1]}x{shape[0]} (width x height)"
+        f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its frame is {shape[1]}x{shape[0]} (width x height)"
     )
 
 
@@ -146,25 +146,35 @@ def _read_inputs(args: argparse.Namespace):
                 raise CliError(f"the folder has {len(names)} frames; a mask is on frame {max(missing)}")
             extra = {f: load_image(source / names[f]) for f in missing}
         else:
+            from .video import probe_video
+
+            count = probe_video(source).n_frames
+            if max(missing) >= count:
+                raise CliError(f"a mask is on frame {max(missing)}, but the clip has frames 0-{count - 1}")
             try:
                 extra = dict(zip(missing, read_frames(source, missing), strict=True))
-            except (KeyError, OSError) as exc:
-                raise CliError(f"a mask is on frame {max(missing)}, which the clip does not have") from exc
+            except (MediaRejected, OSError) as exc:
+                raise CliError(str(exc)) from exc
     return {"clip": clip, "extra_frames": extra}, [objects[n] for n in sorted(objects)]
 
 
 def _chat(args: argparse.Namespace) -> int:
     from .chat import parse_question
+    from .limits import ChatLimits
 
     if args.max_new_tokens < 1:
         raise CliError("--max-new-tokens must be at least 1")
     media, objects = _read_inputs(args)
+    if not args.question.strip():
+        raise CliError("The question is empty: type a question about the marked objects")
+    limits = ChatLimits()
     try:
         parse_question(args.question, list(range(1, len(objects) + 1)))
+        limits.check_question(args.question.strip())
+        limits.check_object_count(len(objects) - 1)
+        limits.check_new_tokens(args.max_new_tokens)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    if not args.question.strip():
-        raise CliError("the question is empty")
 
     from .chat import ChatSession
     from .generation import GenerationSettings
@@ -177,7 +187,7 @@ def _chat(args: argparse.Namespace) -> int:
             args.model, device=args.device, dtype=args.dtype, quantization=args.quantization
         )
         load_s = time.perf_counter() - start
-        session = ChatSession(model, **media)
+        session = ChatSession(model, **media, limits=limits)
         for masks in objects:
             session.add_object(masks, marked_frames=list(masks))
         settings = GenerationSettings(
@@ -201,6 +211,9 @@ def _chat(args: argparse.Namespace) -> int:
         )
     else:
         out.write("\n")
+    if exchange.finish_reason == "timeout":
+        budget = limits.generation_timeout_s
+        print(f"note: the answer was cut off by its time budget of {budget:g} s", file=sys.stderr)
     return 0
 
 

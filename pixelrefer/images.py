@@ -2,28 +2,35 @@
 
 Photos are turned upright by their EXIF orientation (as OpenCV's reader, used by the official code, does);
 greyscale, palette, CMYK, 16-bit and alpha images are converted; animated images give their first frame.
-Decoding is refused before it starts when the image is larger than `max_pixels`.
+Decoding is refused before it starts when the file is larger than the upload limit or its header declares
+more than `max_pixels` (see `pixelrefer.limits.MediaLimits`); corrupt, truncated and mislabelled files
+are refused with a message that says which.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
+import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .limits import MediaLimits, MediaRejected, pixel_refusal
+
 __all__ = ["ImageError", "ImageInput", "load_image"]
 
 ImageInput = np.ndarray | torch.Tensor | Image.Image | str | os.PathLike | bytes
 
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = MediaLimits().max_pixels
+"""Images larger than this are refused unless a caller passes its own limit."""
 
 
-class ImageError(ValueError):
-    """The input is not a usable image; the message says why."""
+class ImageError(MediaRejected):
+    """The input is not a usable image; the message says why (a `MediaRejected`, so a `ValueError`)."""
 
 
 def _from_array(array: np.ndarray) -> np.ndarray:
@@ -69,8 +76,26 @@ def _from_pil(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB")))
 
 
-def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Any image (array, tensor, PIL image, path or bytes) as RGB uint8 (H, W, 3)."""
+def _bomb_pixels(exc: Image.DecompressionBombError) -> int | None:
+    """The pixel count PIL's decompression-bomb refusal names (it never says the width and height)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def load_image(
+    source: ImageInput,
+    *,
+    max_pixels: int | None = None,
+    limits: MediaLimits | None = None,
+) -> np.ndarray:
+    """Any image (array, tensor, PIL image, path or bytes) as RGB uint8 (H, W, 3).
+
+    Files and bytes are checked before their pixels are decoded: the upload size (when `limits` are given),
+    then the size the header declares against `max_pixels` (default `limits.max_pixels`, else
+    `DEFAULT_MAX_PIXELS`), so a decompression bomb costs a header read. Refusals are `ImageError`s that
+    name the file by its base name only (messages reach visitors; server paths must not).
+    """
+    limit = max_pixels if max_pixels is not None else (limits or MediaLimits()).max_pixels
     if isinstance(source, torch.Tensor):
         source = source.detach().cpu().numpy()
     if isinstance(source, np.ndarray):
@@ -80,33 +105,47 @@ def load_image(source: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
     elif isinstance(source, Image.Image):
         result = _from_pil(source)
     else:
-        if isinstance(source, bytes):
+        if isinstance(source, bytes | bytearray):
             handle: io.BytesIO | Path = io.BytesIO(source)
             name = "the uploaded image"
+            size = len(source)
         else:
             handle = Path(source)
             name = handle.name
             if not handle.is_file():
                 raise ImageError(f"No such image file: {name}")
-            if handle.stat().st_size == 0:
-                raise ImageError(f"{name} is empty (0 bytes)")
+            size = handle.stat().st_size
+        if size == 0:
+            raise ImageError(f"{name} is empty (0 bytes)")
+        if limits is not None:
+            try:
+                limits.check_upload_size(size, name)
+            except MediaRejected as exc:
+                raise ImageError(str(exc)) from None
         try:
             with Image.open(handle) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageError(
-                        f"{name} is {width}x{height} pixels, more than the limit of {max_pixels:,} pixels"
-                    )
+                refusal = pixel_refusal(f"{name} is", *image.size, limit)
+                if refusal:
+                    raise ImageError(refusal)
                 image.load()
                 result = _from_pil(image)
         except ImageError:
             raise
-        except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-            raise ImageError(f"{name} is not an image that can be read ({type(exc).__name__})") from exc
-        except (OSError, SyntaxError, ValueError) as exc:
+        except Image.DecompressionBombError as exc:
+            declared = _bomb_pixels(exc)
+            claim = f"declares {declared:,} pixels" if declared else "declares more pixels than allowed"
+            ceiling = min(limit, 2 * (Image.MAX_IMAGE_PIXELS or limit))
+            raise ImageError(
+                f"{name} {claim}; the limit is {ceiling:,} pixels. It was refused unread (a decompression bomb?)."
+            ) from None
+        except UnidentifiedImageError:
+            raise ImageError(
+                f"{name} is not an image that can be read: its contents are not in a known image format "
+                "(PNG, JPEG, WebP, GIF, BMP, TIFF)"
+            ) from None
+        except (OSError, SyntaxError, ValueError, struct.error, EOFError, MemoryError) as exc:
             raise ImageError(f"{name} could not be decoded: it may be truncated or corrupt") from exc
-    if result.shape[0] * result.shape[1] > max_pixels:
-        raise ImageError(
-            f"The image has {result.shape[0] * result.shape[1]:,} pixels, more than {max_pixels:,}"
-        )
+    refusal = pixel_refusal("The image is", result.shape[1], result.shape[0], limit)
+    if refusal:
+        raise ImageError(refusal)
     return result

@@ -318,7 +318,7 @@ class PixelRefer:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         first_local: dict[int, np.ndarray] = {}
         plans = []
-        for masks in objects:
+        for number, masks in enumerate(objects, start=1):
             crops = [plan_crop(media.annotated[f], m, self.variant, k) for f, m in masks]
             for (frame_index, _), crop in zip(masks, crops, strict=True):
                 if crop.n_cells == 0:
@@ -330,7 +330,11 @@ class PixelRefer:
                 torch.randperm(c.n_cells, generator=generator) if c.n_cells > k else None for c in crops
             ]
             frames = [f for f, _ in masks]
-            pixels = self._preprocess_crops([c.crop for c in crops], n_masks)
+            try:
+                pixels = self._preprocess_crops([c.crop for c in crops], n_masks)
+            except ValueError as exc:
+                # The crop around a long, thin object is scaled up, past what the vision encoder takes.
+                raise ValueError(f"Object {number} is too long and thin to be encoded: {exc}") from exc
             if media.modality == "video" and self.variant == "lite":
                 runs = tuple((f / media.fps, k) for f in frames)
             else:

@@ -1,34 +1,66 @@
-"""Input limits for uploaded media, and the words used when one is hit.
+"""Every input limit in one place, with the words used when one is hit.
 
-The app shows these numbers next to the upload box, and the readers enforce them before decoding, so a
-visitor learns what was kept (or why nothing was) in the same terms everywhere.
+`MediaLimits` bounds what one upload may be (file size, pixels, duration, frames); `ChatLimits` bounds a
+conversation (objects, question length, prompt and answer tokens, history, time). The app's values live in
+`pixelrefer.service.AppSettings`, which holds one of each; the README's "Limits" table states them and a test
+keeps the two in step. Every check runs before anything is decoded or computed, and every refusal names the
+limit, the value that broke it and by how much, so a visitor can fix the input rather than guess.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MediaLimits", "MediaRejected"]
+__all__ = ["ChatLimits", "LimitExceeded", "MediaLimits", "MediaRejected", "pixel_refusal"]
 
 
 class MediaRejected(ValueError):
-    """The upload breaks a limit that trimming cannot fix; the message says which and by how much."""
+    """The upload breaks a limit that trimming cannot fix, or is not a usable clip; the message says why."""
+
+
+class LimitExceeded(ValueError):
+    """A request goes over a configured limit; the message names the limit, the request's value and the excess."""
+
+
+def _count(value: float) -> str:
+    """Numbers as people read them: 16384 → '16,384', 4.0 → '4'."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,g}"
+
+
+def pixel_refusal(subject: str, width: int, height: int, limit: int) -> str | None:
+    """The message refusing width x height over `limit` pixels, or None if it fits.
+
+    `subject` carries its verb: "cat.png is", "The frames of clip.mp4 are".
+    """
+    pixels = int(width) * int(height)
+    if pixels <= limit:
+        return None
+    return (
+        f"{subject} {width}x{height} = {pixels:,} pixels; the limit is {limit:,} pixels "
+        f"({pixels / limit:.1f}x too many). Use a smaller picture."
+    )
 
 
 @dataclass(frozen=True)
 class MediaLimits:
-    """What one upload may be. Clips longer than `max_duration_s` keep their start; larger frames are shrunk."""
+    """What one upload may be. Clips longer than `max_duration_s` keep their start; larger frames are shrunk.
+
+    `max_pixels` bounds an image, or one frame of a clip, as its header declares it: anything larger is
+    refused before a byte of pixel data is decoded (PIL's own decompression-bomb check only fires far later).
+    """
 
     max_upload_mb: float = 200.0
     max_duration_s: float = 180.0
     max_side: int = 1920
     max_frames: int = 768
+    max_pixels: int = 50_000_000
 
     def describe(self) -> str:
-        """One line for the UI."""
+        """One line for the UI, next to the upload box."""
         return (
-            f"Up to {self.max_upload_mb:g} MB; clips are cut to the first {self.max_duration_s:g} s; "
-            f"frames larger than {self.max_side}px on a side are shrunk; at most {self.max_frames} frames are used."
+            f"Up to {self.max_upload_mb:g} MB and {self.max_pixels / 1e6:g} megapixels; clips are cut to the "
+            f"first {self.max_duration_s:g} s; frames larger than {self.max_side}px on a side are shrunk; "
+            f"at most {self.max_frames} frames are used."
         )
 
     def check_upload_size(self, n_bytes: int, name: str) -> None:
@@ -37,8 +69,17 @@ class MediaLimits:
         if megabytes > self.max_upload_mb:
             raise MediaRejected(
                 f"{name} is {megabytes:.1f} MB; the limit is {self.max_upload_mb:g} MB. "
-                "Upload a shorter or more compressed clip."
+                "Upload a smaller or more compressed file."
             )
+
+    def check_pixels(self, width: int, height: int, subject: str) -> None:
+        """Refuse an image (or a clip whose frames are) larger than `max_pixels`, from its declared size.
+
+        `subject` carries its verb, as in `pixel_refusal`.
+        """
+        message = pixel_refusal(subject, width, height, self.max_pixels)
+        if message:
+            raise MediaRejected(message)
 
     def fit_size(self, width: int, height: int) -> tuple[int, int]:
         """The (width, height) frames are decoded at: the original, or shrunk so the longer side fits (even sides)."""
@@ -47,3 +88,77 @@ class MediaLimits:
             return width, height
         scale = self.max_side / longest
         return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    """Per-session bounds of a conversation; every refusal happens before any network runs.
+
+    `masks_per_object` and `max_region_tokens` are not refusals but the rule for how many masks of a clip
+    the Lite model sees; `cache_bytes` bounds the feature cache (older entries are recomputed when needed);
+    `generation_timeout_s` ends an answer that runs too long (its `finish_reason` is "timeout").
+    """
+
+    max_objects: int = 16
+    max_question_chars: int = 4000
+    max_prompt_tokens: int = 16384
+    max_new_tokens: int = 16384
+    max_history: int = 20
+    masks_per_object: int = 8
+    max_region_tokens: int = 1024
+    cache_bytes: int = 1 << 30
+    generation_timeout_s: float | None = 300.0
+
+    def describe(self) -> str:
+        """One line for the UI, next to the chat."""
+        return (
+            f"Up to {self.max_objects} objects, questions of up to {_count(self.max_question_chars)} characters, "
+            f"answers of up to {_count(self.max_new_tokens)} tokens, {self.max_history} questions per chat."
+        )
+
+    def check_object_count(self, current: int) -> None:
+        """Refuse one more object when `current` are already marked."""
+        if current >= self.max_objects:
+            raise LimitExceeded(
+                f"This would be object {current + 1}; the limit is {self.max_objects} objects. "
+                "Delete one to mark another."
+            )
+
+    def check_question(self, question: str) -> None:
+        """Refuse a question longer than `max_question_chars` (counted after trimming spaces)."""
+        length = len(question)
+        if length > self.max_question_chars:
+            raise LimitExceeded(
+                f"The question is {length:,} characters long; the limit is {self.max_question_chars:,} "
+                f"({length - self.max_question_chars:,} over). Shorten it."
+            )
+
+    def check_new_tokens(self, max_new_tokens: int) -> None:
+        """Refuse a request for longer answers than `max_new_tokens`."""
+        if max_new_tokens > self.max_new_tokens:
+            raise LimitExceeded(
+                f"max_new_tokens is {max_new_tokens:,}; the limit is {self.max_new_tokens:,} "
+                f"({max_new_tokens - self.max_new_tokens:,} over)."
+            )
+
+    def check_history(self, exchanges: int) -> None:
+        """Refuse a new question once the chat holds `max_history` questions and answers."""
+        if exchanges >= self.max_history:
+            raise LimitExceeded(
+                f"This chat already has {exchanges} questions and answers; the limit is {self.max_history}. "
+                "Clear the chat (the objects stay) to ask more."
+            )
+
+    def check_prompt(self, prompt_tokens: int, new_tokens: int, context: int) -> None:
+        """Refuse a prompt over `max_prompt_tokens`, or one that with its answer would not fit the model's context."""
+        limit = min(self.max_prompt_tokens, context - new_tokens)
+        if prompt_tokens > limit:
+            which = (
+                f"the limit is {limit:,} prompt tokens"
+                if limit == self.max_prompt_tokens
+                else f"with {new_tokens:,} new tokens the model's context of {context:,} allows {max(limit, 0):,}"
+            )
+            raise LimitExceeded(
+                f"The conversation is too long: {prompt_tokens:,} prompt tokens; {which} "
+                f"({prompt_tokens - max(limit, 0):,} over). Clear the chat, or use fewer objects or frames."
+            )

@@ -288,8 +288,11 @@ class Sam2Segmenter(Segmenter):
         self.placement = placement
         self.name = f"SAM 2.1 {label}"
         self.notice = ""
+        # Safetensors only: a folder holding pickled .bin weights is refused, never unpickled.
         self.image_model = (
-            Sam2Model.from_pretrained(self.folder, dtype=placement.dtype).to(placement.device).eval()
+            Sam2Model.from_pretrained(self.folder, dtype=placement.dtype, use_safetensors=True)
+            .to(placement.device)
+            .eval()
         )
         size = self.image_model.config.prompt_encoder_config.image_size
         self.image_size = int(size[0] if isinstance(size, list | tuple) else size)
@@ -316,7 +319,9 @@ class Sam2Segmenter(Segmenter):
         """The tracking model, loaded from the same checkpoint the first time a clip is tracked."""
         with self._track_lock:
             if self._video_model is None:
-                model = Sam2VideoModel.from_pretrained(self.folder, dtype=self.placement.dtype)
+                model = Sam2VideoModel.from_pretrained(
+                    self.folder, dtype=self.placement.dtype, use_safetensors=True
+                )
                 self._video_model = model.to(self.placement.device).eval()
         return self._video_model
 

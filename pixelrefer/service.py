@@ -10,33 +10,59 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import psutil
 import torch
 
-from .chat import ChatLimits
 from .devices import GIB, visible_gpus
 from .hub import WeightsUnavailable
 from .inference import PixelRefer
-from .limits import MediaLimits
+from .limits import ChatLimits, MediaLimits
 from .loading import estimate_weight_bytes
+from .redact import scrub
 from .segment import Segmenter, load_segmenter
 from .synthetic import RELEASES, TINY, build_checkpoint, config_for
 
-__all__ = ["AppSettings", "ModelChoice", "Service", "DEFAULT_MODEL"]
+__all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "DEFAULT_MODEL"]
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Alibaba-DAMO-Academy/PixelRefer-2B"
 PREVIEW_LABEL = "offline preview"
 
 
+APP_MEDIA_LIMITS = MediaLimits(max_upload_mb=50.0, max_duration_s=30.0, max_frames=16)
+"""A public demo's uploads: smaller and shorter than the library allows, so one visitor cannot hold the queue."""
+
+
+_OPTIONAL_LIMITS = {"generation_timeout_s"}
+"""Limits that can be switched off ("none")."""
+
+
+def _limit_value(name: str, text: str, default: object) -> object:
+    """A limit from the command line or the environment, typed like its default."""
+    if name in _OPTIONAL_LIMITS and text.strip().lower() in {"none", "off"}:
+        return None
+    if isinstance(default, int) and not isinstance(default, bool):
+        return int(float(text))
+    return float(text)
+
+
 @dataclass(frozen=True)
 class AppSettings:
-    """Everything an operator can set, from the command line or (for a Space) environment variables."""
+    """Everything an operator can set, from the command line or (for a Space) environment variables.
+
+    The limits are `media` (uploads), `chat` (conversations), `max_new_tokens` (the longest answer; it
+    overrides `chat.max_new_tokens`, so the two are one setting), `concurrency` and `queue_size` (the model
+    queue), `max_sessions` and `session_ttl_s` (visitor workspaces kept in memory). Each has a flag and an
+    environment variable (`--max-objects` / `PIXELREFER_MAX_OBJECTS`); the README's Limits table lists them.
+    """
 
     model: str = DEFAULT_MODEL
     quantization: str = "none"
@@ -48,13 +74,15 @@ class AppSettings:
     concurrency: int = 1
     queue_size: int = 16
     preview_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "pixelrefer" / "preview")
-    media: MediaLimits = field(
-        default_factory=lambda: MediaLimits(max_upload_mb=50.0, max_duration_s=30.0, max_frames=16)
-    )
+    media: MediaLimits = field(default_factory=lambda: APP_MEDIA_LIMITS)
     chat: ChatLimits = field(default_factory=ChatLimits)
     max_new_tokens: int = 512
-    generation_timeout_s: float = 300.0
     max_sessions: int = 64
+    session_ttl_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        if self.chat.max_new_tokens != self.max_new_tokens:
+            object.__setattr__(self, "chat", replace(self.chat, max_new_tokens=self.max_new_tokens))
 
     @classmethod
     def parse(cls, argv: list[str] | None = None, env: dict[str, str] | None = None) -> AppSettings:
@@ -97,7 +125,39 @@ class AppSettings:
         parser.add_argument("--port", type=int, default=int(default("port", base.port)))
         parser.add_argument("--concurrency", type=int, default=int(default("concurrency", base.concurrency)))
         parser.add_argument("--queue-size", type=int, default=int(default("queue_size", base.queue_size)))
+        limits = parser.add_argument_group("limits (see the README's Limits table)")
+        groups = {"media": base.media, "chat": base.chat, "": base}
+        flags: dict[str, tuple[str, str]] = {}
+        for group, holder in groups.items():
+            names = (
+                [f.name for f in fields(holder)]
+                if group
+                else ["max_new_tokens", "max_sessions", "session_ttl_s"]
+            )
+            for name in names:
+                if group == "chat" and name == "max_new_tokens":
+                    continue  # one setting: AppSettings.max_new_tokens
+                fallback = getattr(holder, name)
+                dest = f"{group}__{name}" if group else name
+                flags[dest] = (group, name)
+                limits.add_argument(
+                    f"--{name.replace('_', '-')}",
+                    dest=dest,
+                    default=str(default(name, "none" if fallback is None else fallback)),
+                    metavar="N",
+                    help=f"default {fallback}",
+                )
         args = parser.parse_args(argv)
+        values: dict[str, dict[str, object]] = {"media": {}, "chat": {}, "": {}}
+        for dest, (group, name) in flags.items():
+            fallback = getattr(groups[group], name)
+            try:
+                value = _limit_value(name, getattr(args, dest), fallback)
+            except ValueError:
+                parser.error(f"--{name.replace('_', '-')} must be a number, got {getattr(args, dest)!r}")
+            if value is not None and not value > 0:
+                parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, dest)!r}")
+            values[group][name] = value
         return replace(
             base,
             model=args.model,
@@ -109,6 +169,9 @@ class AppSettings:
             port=args.port,
             concurrency=max(1, args.concurrency),
             queue_size=max(1, args.queue_size),
+            media=replace(base.media, **values["media"]),
+            chat=replace(base.chat, **values["chat"], max_new_tokens=values[""]["max_new_tokens"]),
+            **values[""],
         )
 
 
@@ -148,7 +211,16 @@ class Service:
         """Load the configured model (or the preview) and the segmenter."""
         began = time.perf_counter()
         self.load(self.settings.model)
-        self.segmenter = load_segmenter(self.settings.sam2, device=self.settings.device)
+        try:
+            self.segmenter = load_segmenter(self.settings.sam2, device=self.settings.device)
+        except Exception as exc:  # e.g. a device that is not there: still serve, with the classical one
+            _log.exception("Loading the segmenter %s failed; using GrabCut", self.settings.sam2)
+            from .grabcut import GrabCutSegmenter
+
+            self.segmenter = GrabCutSegmenter(
+                notice=f"SAM 2.1 '{self.settings.sam2}' could not be loaded ({type(exc).__name__}: {exc}). "
+                "Using the classical GrabCut segmenter instead."
+            )
         self.started_s = time.perf_counter() - began
         return self
 
@@ -161,7 +233,12 @@ class Service:
         return self._preview_paths[variant]
 
     def load(self, source: str) -> PixelRefer:
-        """Make `source` the served model; falls back to the offline preview when it cannot be had."""
+        """Make `source` the served model; falls back to the offline preview when it cannot be had.
+
+        Unreachable weights (offline, gated, missing) are the expected reason; a broken checkpoint, a device
+        that is not there or too little memory fall back the same way, with the reason in the banner, so a
+        Space never crash-loops on start-up and a failed switch never leaves it without a model.
+        """
         with self._lock:
             self.requested = source
             if self.model is not None and self.model.source == source:
@@ -179,11 +256,19 @@ class Service:
                 self.preview = False
                 self.preview_reason = ""
             except WeightsUnavailable as exc:
-                self.preview = True
-                self.preview_reason = str(exc)
-                variant = RELEASES.get(source, ("full", TINY))[0]
-                return self._load_preview(variant)
+                return self._fall_back(source, str(exc))
+            except Exception as exc:  # any load failure must leave a working app
+                _log.exception("Loading %s failed; serving the offline preview", source)
+                self.release_memory()
+                return self._fall_back(source, f"Cannot load '{source}': {type(exc).__name__}: {exc}")
             return self.model
+
+    def _fall_back(self, source: str, reason: str) -> PixelRefer:
+        """Serve the preview of `source`'s variant (full for anything not a release), saying why."""
+        self.preview = True
+        self.preview_reason = reason.rstrip(".")
+        variant = RELEASES.get(source, ("full", TINY))[0]
+        return self._load_preview(variant)
 
     def _load_preview(self, variant: str) -> PixelRefer:
         folder = self._preview_checkpoint(variant)
@@ -201,7 +286,11 @@ class Service:
 
     @property
     def banner(self) -> str:
-        """Markdown for the top of the page: empty when the real model and SAM 2.1 are serving."""
+        """Markdown for the top of the page: empty when the real model and SAM 2.1 are serving.
+
+        The reasons come from loaders that name folders and URLs; they are scrubbed of server paths and
+        tokens (`pixelrefer.redact.scrub`) since every visitor reads them.
+        """
         lines = []
         if self.preview:
             lines.append(
@@ -212,7 +301,7 @@ class Service:
             )
         if self.segmenter is not None and self.segmenter.notice:
             lines.append(f"**Masks:** {self.segmenter.notice}")
-        return "\n\n".join(lines)
+        return scrub("\n\n".join(lines))
 
     def status(self) -> dict[str, str]:
         """Model, variant, devices, dtype, quantization and memory, for the status panel."""

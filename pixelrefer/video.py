@@ -1,15 +1,16 @@
 """Clips in and out: metadata, the frames the model sees, and overlay videos a browser can play.
 
-Reading goes through moviepy's ffmpeg reader, decoding once from the start and keeping only the chosen
-frames (clips have few keyframes, so seeking per frame is slower). Which frames are chosen is decided by
-`pixelrefer.sampling`, from an exact frame count: moviepy's own count is `int(duration * fps)` with the
-duration rounded to 10 ms, which is one frame short on 29.97 fps clips, so the count and rate come from
-the container's packets instead.
+Reading pipes ffmpeg's raw frames, decoding once from the start and keeping only the chosen ones (clips
+have few keyframes, so seeking per frame is slower); moviepy parses the metadata. Which frames are chosen
+is decided by `pixelrefer.sampling`, from an exact frame count: moviepy's own count is `int(duration *
+fps)` with the duration rounded to 10 ms, which is one frame short on 29.97 fps clips, so the count and
+rate come from the container's packets instead.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -21,17 +22,18 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 from moviepy.config import FFMPEG_BINARY
-from moviepy.video.io.ffmpeg_reader import FFMPEG_VideoReader, ffmpeg_parse_infos
+from moviepy.video.io.ffmpeg_reader import ffmpeg_parse_infos
 from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
 from PIL import Image
 
 from pixelrefer.limits import MediaLimits, MediaRejected
 from pixelrefer.masks import ObjectId, object_color, to_bool_mask
-from pixelrefer.sampling import sample_frames
+from pixelrefer.sampling import FrameSample, sample_frames
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Clip",
+    "TruncatedVideo",
     "VideoInfo",
     "load_clip",
     "load_frame_folder",
@@ -43,6 +45,14 @@ __all__ = [
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _TINT = 0.45
+
+
+class TruncatedVideo(MediaRejected):
+    """Fewer frames decode than the file holds packets for (a file cut short); `decoded` is how many did."""
+
+    def __init__(self, message: str, *, decoded: int) -> None:
+        super().__init__(message)
+        self.decoded = decoded
 
 
 @dataclass(frozen=True)
@@ -81,12 +91,14 @@ class Clip:
 
 
 def _packet_count_and_rate(path: Path) -> tuple[int, Fraction | None]:
-    """Count the video packets and read the exact frame rate from their durations (no decoding)."""
+    """Count the video packets and read the exact frame rate from their durations (no decoding).
+
+    A file cut short lists the packets it still holds; ffmpeg's complaints about the missing rest do not
+    make it unreadable, so only an empty listing is an error (raised by the caller).
+    """
     command = [FFMPEG_BINARY, "-hide_banner", "-loglevel", "error", "-i", str(path)]
     command += ["-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"]
     listing = subprocess.run(command, capture_output=True, text=True, check=False)
-    if listing.returncode != 0:
-        raise MediaRejected(f"{path.name} could not be read as a video: {listing.stderr.strip()[-300:]}")
     time_base = None
     durations: Counter[int] = Counter()
     count = 0
@@ -103,29 +115,75 @@ def _packet_count_and_rate(path: Path) -> tuple[int, Fraction | None]:
     return count, rate
 
 
+_STILL_FORMATS = re.compile(r"^(?:image2|\w+_pipe)$")
+"""ffmpeg demuxers of single images (`jpeg_pipe`, `png_pipe`, `image2`, ...): a photo with a video's name."""
+
+
+def _container(path: Path) -> tuple[str | None, str]:
+    """ffmpeg's reading of a file without decoding it: (demuxer name or None if unreadable, its report).
+
+    The report names the file by its base name only, since parts of it end up in messages to visitors.
+    """
+    command = [FFMPEG_BINARY, "-hide_banner", "-nostdin", "-i", str(path)]
+    report = subprocess.run(command, capture_output=True, text=True, check=False).stderr
+    report = report.replace(str(path), path.name)
+    found = re.search(r"^Input #0, (\S+?), from", report, flags=re.MULTILINE)
+    return (found.group(1) if found else None), report
+
+
+def _unreadable(name: str, report: str) -> MediaRejected:
+    """A refusal for a file ffmpeg cannot open, with ffmpeg's own reason (its last meaningful line)."""
+    lines = [line.strip() for line in report.splitlines() if line.strip()]
+    reasons = [line for line in lines if "output file" not in line.lower()]
+    reason = reasons[-1] if reasons else "not a known video format"
+    reason = reason.split(": ", 1)[1] if reason.startswith(f"{name}: ") else reason
+    return MediaRejected(f"{name} could not be read as a video ({reason[:200]})")
+
+
 def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> VideoInfo:
-    """Read a video file's metadata, refusing files over the upload size or without a video stream."""
+    """Read a video file's metadata, refusing what cannot be a usable clip, before any frame is decoded.
+
+    Refused, each with its own message: a missing or empty file, a file over the upload size, one ffmpeg
+    cannot read, a still image, a file without a video stream, frames over the pixel limit, and a video
+    stream without readable frames. Messages name the file by its base name only.
+    """
+    limits = limits or MediaLimits()
     source = Path(path)
+    name = source.name
     if not source.is_file():
-        raise MediaRejected(f"{source} does not exist")
+        raise MediaRejected(f"{name} does not exist")
     file_size = source.stat().st_size
-    (limits or MediaLimits()).check_upload_size(file_size, source.name)
+    if file_size == 0:
+        raise MediaRejected(f"{name} is empty (0 bytes)")
+    limits.check_upload_size(file_size, name)
+    demuxer, report = _container(source)
+    if demuxer is None:
+        raise _unreadable(name, report)
+    if _STILL_FORMATS.match(demuxer):
+        kind = demuxer.removesuffix("_pipe").upper()
+        raise MediaRejected(f"{name} is a still image ({kind}), not a video: open it as an image instead")
+    if not re.search(r"Stream #\S+.*: Video:", report):
+        others = sorted(set(re.findall(r"Stream #\S+.*?: (Audio|Subtitle|Data|Attachment):", report)))
+        held = f"only {' and '.join(kind.lower() for kind in others)}" if others else "no streams at all"
+        raise MediaRejected(f"{name} has no video stream ({held})")
     try:
         infos = ffmpeg_parse_infos(str(source))
-    except OSError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise MediaRejected(
-            f"{source.name} could not be read as a video ({lines[-1] if lines else exc})"
-        ) from exc
-    if not infos.get("video_found"):
-        raise MediaRejected(f"{source.name} has no video stream")
+    except (OSError, IndexError, ValueError, KeyError) as exc:
+        raise _unreadable(name, report) from exc
+    if not infos.get("video_found") or not infos.get("video_size"):
+        raise MediaRejected(f"{name} has no video stream that can be read")
     width, height = infos["video_size"]
     if abs(infos.get("video_rotation", 0)) in (90, 270):
         width, height = height, width
+    limits.check_pixels(int(width), int(height), f"The frames of {name} are")
     count, rate = _packet_count_and_rate(source)
     if count == 0:
-        raise MediaRejected(f"{source.name} has a video stream without frames")
-    fps = float(rate) if rate else float(infos["video_fps"])
+        raise MediaRejected(
+            f"{name} has a video stream without any readable frames: it may be truncated or corrupt"
+        )
+    fps = float(rate) if rate else float(infos.get("video_fps") or 0.0)
+    if not fps > 0:
+        raise MediaRejected(f"{name} does not say its frame rate, so its frames cannot be timed")
     return VideoInfo(
         path=source,
         width=int(width),
@@ -146,31 +204,73 @@ def read_frames(
 ) -> list[np.ndarray]:
     """Decode the frames at `indices` (any order, repeats allowed) as HxWx3 uint8 RGB, in that order.
 
-    Decodes once from the start up to the last index; `size` (width, height) resizes in ffmpeg.
+    Decodes once from the start up to the last index; `size` (width, height) resizes in ffmpeg. Frame `i`
+    is the i-th frame the decoder presents, one per packet (`-fps_mode passthrough`): a variable-rate clip
+    is neither padded nor thinned to a constant rate, so indices mean what `probe_video` counted. A frame
+    that cannot be decoded (a file cut short) is a `MediaRejected`, never a silently repeated frame.
     """
+    indices = list(indices)
     if not indices:
         return []
     if min(indices) < 0:
         raise ValueError("Frame indices are never negative")
+    source = Path(path)
+    if size is None:
+        infos = ffmpeg_parse_infos(str(source))
+        width, height = infos["video_size"]
+        if abs(infos.get("video_rotation", 0)) in (90, 270):
+            width, height = height, width
+        size = (int(width), int(height))
+    width, height = size
     wanted = set(indices)
     last = max(indices)
-    reader = FFMPEG_VideoReader(str(path), decode_file=False, target_resolution=size)
+    command = [FFMPEG_BINARY, "-nostdin", "-loglevel", "error", "-i", str(source), "-map", "0:v:0"]
+    command += ["-frames:v", str(last + 1), "-fps_mode", "passthrough", "-vf", f"scale={width}:{height}"]
+    command += ["-sws_flags", "bicubic", "-pix_fmt", "rgb24", "-f", "rawvideo", "-"]
+    frame_bytes = width * height * 3
     kept: dict[int, np.ndarray] = {}
-    try:
-        # The reader has already decoded frame 0 into `last_read` when it opens.
-        frame = reader.last_read
-        for position in range(last + 1):
-            if position > 0:
-                if position in wanted:
-                    frame = reader.read_frame()
-                else:
-                    reader.skip_frames(1)
-                    continue
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as decoder:
+        assert decoder.stdout is not None
+        position = 0
+        while position <= last:
+            data = decoder.stdout.read(frame_bytes)
+            if len(data) < frame_bytes:
+                break
             if position in wanted:
-                kept[position] = np.array(frame[..., :3], dtype=np.uint8)
-    finally:
-        reader.close()
+                kept[position] = np.frombuffer(data, np.uint8).reshape(height, width, 3).copy()
+            position += 1
+        decoder.stdout.close()
+        decoder.kill()
+    missing = sorted(wanted - set(kept))
+    if missing:
+        raise TruncatedVideo(
+            f"{source.name} could not be decoded at frame {missing[0]} (it yields {position} frames): "
+            "it may be truncated or corrupt",
+            decoded=position,
+        )
     return [kept[index] for index in indices]
+
+
+def _sample(n_frames: int, info: VideoInfo, fps: float, cap: int, notes: list[str]) -> FrameSample:
+    """The official file rule over the first `n_frames`, noting a frame cap or a clip too short to sample."""
+    uncapped = sample_frames(n_frames, source="file", native_fps=info.fps, fps=fps, max_frames=10**9)
+    sample = sample_frames(
+        n_frames, source="file", native_fps=info.fps, fps=fps, max_frames=cap, start_time=info.start_time
+    )
+    if not sample.indices:
+        # The official rule takes no frame from a clip shorter than one sampling step (ffmpeg's fps filter
+        # outputs nothing); a visitor's half-second clip still deserves an answer, about its last frame.
+        sample = FrameSample((n_frames - 1,), (info.start_time,))
+        notes.append(
+            f"The clip is {n_frames / info.fps:.2f} s long, shorter than one step of sampling at {fps:g} fps, "
+            "so its last frame is used."
+        )
+    if len(uncapped) > cap:
+        notes.append(
+            f"Sampling at {fps:g} fps gives {len(uncapped)} frames; the limit is {cap}, "
+            f"so {cap} frames spread evenly over the clip are used."
+        )
+    return sample
 
 
 def load_clip(
@@ -184,11 +284,12 @@ def load_clip(
 
     Limits are checked before decoding: an oversized file is refused; a long clip keeps its first
     `max_duration_s` seconds; large frames are shrunk; at most `min(max_frames, limits.max_frames)` frames.
-    `Clip.notes` says what was kept whenever anything was cut.
+    A file cut short (fewer decodable frames than packets) is sampled again over the frames it does
+    yield. `Clip.notes` says what was kept whenever anything was cut.
     """
     limits = limits or MediaLimits()
     info = probe_video(path, limits)
-    notes = []
+    notes: list[str] = []
     n_frames = info.n_frames
     if info.duration > limits.max_duration_s:
         n_frames = max(1, int(limits.max_duration_s * info.fps))
@@ -197,19 +298,25 @@ def load_clip(
             f"(frames 0-{n_frames - 1} of {info.n_frames})."
         )
     cap = min(max_frames, limits.max_frames)
-    uncapped = sample_frames(n_frames, source="file", native_fps=info.fps, fps=fps, max_frames=10**9)
-    sample = sample_frames(
-        n_frames, source="file", native_fps=info.fps, fps=fps, max_frames=cap, start_time=info.start_time
-    )
-    if len(uncapped) > cap:
-        notes.append(
-            f"Sampling at {fps:g} fps gives {len(uncapped)} frames; the limit is {cap}, "
-            f"so {cap} frames spread evenly over the clip are used."
-        )
     size = limits.fit_size(info.width, info.height)
     if size != (info.width, info.height):
         notes.append(f"Frames were shrunk from {info.width}x{info.height} to {size[0]}x{size[1]}.")
-    frames = read_frames(info.path, sample.indices, size=size if size != (info.width, info.height) else None)
+    decode_size = size if size != (info.width, info.height) else None
+    sampling: list[str] = []
+    sample = _sample(n_frames, info, fps, cap, sampling)
+    try:
+        frames = read_frames(info.path, sample.indices, size=decode_size)
+    except TruncatedVideo as cut:
+        if cut.decoded == 0:
+            raise
+        notes.append(
+            f"The file ends early: only {cut.decoded} of its {info.n_frames} frames could be decoded, "
+            "so the clip is sampled from those."
+        )
+        sampling = []
+        sample = _sample(min(cut.decoded, n_frames), info, fps, cap, sampling)
+        frames = read_frames(info.path, sample.indices, size=decode_size)
+    notes += sampling
     return Clip(tuple(frames), sample.indices, sample.timestamps, info.fps, "file", tuple(notes))
 
 
@@ -228,7 +335,7 @@ def load_frame_folder(
     limits = limits or MediaLimits()
     source = Path(folder)
     if not source.is_dir():
-        raise MediaRejected(f"{source} is not a folder of frames")
+        raise MediaRejected(f"{source.name} is not a folder of frames")
     names = sorted(entry.name for entry in source.iterdir() if entry.suffix.lower() in IMAGE_EXTENSIONS)
     if not names:
         raise MediaRejected(f"{source.name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")

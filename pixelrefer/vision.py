@@ -73,7 +73,11 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         width = round(scale * width)
         height = round(scale * height)
     elif max(height, width) / min(height, width) > 200:
-        raise ValueError(f"The image is too elongated ({width}x{height}): the aspect ratio must be below 200")
+        ratio = max(height, width) / min(height, width)
+        raise ValueError(
+            f"The picture is too elongated for the vision encoder ({width}x{height} pixels, {ratio:.0f}:1; "
+            "it takes at most 200:1)"
+        )
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:

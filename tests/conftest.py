@@ -106,3 +106,14 @@ def preview_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp
     finally:
         demo.close()
         app.SERVICE.settings = settings
+
+
+# ---------------------------------------------------------------------- the bad-input corpus (test_corpus_*.py)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory):
+    """Every file of the bad-input corpus (`tests/corpus.py`), built once per test run (about two seconds)."""
+    from .corpus import build_corpus
+
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
