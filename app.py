@@ -32,6 +32,7 @@ from pixelrefer.generation import GenerationSettings  # noqa: E402
 from pixelrefer.images import ImageError, load_image  # noqa: E402
 from pixelrefer.limits import MediaRejected  # noqa: E402
 from pixelrefer.masks import EmptyMaskError, to_bool_mask  # noqa: E402
+from pixelrefer.redact import scrub  # noqa: E402
 from pixelrefer.segment import PromptError, TrackingCancelled  # noqa: E402
 from pixelrefer.service import AppSettings, Service  # noqa: E402
 from pixelrefer.workspace import Workspace  # noqa: E402
@@ -166,7 +167,7 @@ def friendly(fn: Callable) -> Callable:
 
     def explain(exc: BaseException) -> gr.Error:
         if isinstance(exc, EXPECTED):
-            return gr.Error(str(exc), print_exception=False)
+            return gr.Error(scrub(str(exc)), print_exception=False)
         if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
             SERVICE.release_memory()
             return gr.Error(
@@ -508,7 +509,7 @@ def api_describe(image, mask, max_new_tokens=256, seed=1234):
     ws = Workspace(SERVICE)
     try:
         ws.open_image(image)
-        obj = ws.session.add_object(ws.fit_mask(load_image(mask)))
+        obj = ws.session.add_object(ws.fit_mask(load_image(mask, limits=SERVICE.settings.media)))
         final = None
         for reply in ws.describe(
             obj.id, GenerationSettings(max_new_tokens=int(max_new_tokens), seed=int(seed))
@@ -539,7 +540,8 @@ def api_add_object(ws, mask, frame):
     if ws is None or ws.session is None:
         raise ValueError("Call /open first")
     frame_index = int(frame or 0)
-    obj = ws.session.add_object({frame_index: ws.fit_mask(load_image(mask))}, marked_frames=[frame_index])
+    binary = ws.fit_mask(load_image(mask, limits=SERVICE.settings.media))
+    obj = ws.session.add_object({frame_index: binary}, marked_frames=[frame_index])
     return ws, obj.tag
 
 
@@ -570,7 +572,7 @@ def build(service: Service) -> gr.Blocks:
     private = {"api_visibility": "private"}
     model_events = {"concurrency_id": "model", "concurrency_limit": settings.concurrency}
     with gr.Blocks(title="PixelRefer region chat") as demo:
-        state = gr.State(None, delete_callback=close_workspace)
+        state = gr.State(None, delete_callback=close_workspace, time_to_live=settings.session_ttl_s)
         gr.Markdown("# PixelRefer region chat\nMark objects in a photo or a short clip, then ask about them.")
         banner = gr.Markdown(service.banner, visible=True, elem_id="banner")
         with gr.Row():
@@ -579,7 +581,8 @@ def build(service: Service) -> gr.Blocks:
                     with gr.Tab("Image"):
                         image_in = gr.Image(
                             label="Upload an image",
-                            type="numpy",
+                            type="filepath",
+                            image_mode=None,
                             sources=["upload", "clipboard"],
                             height=220,
                             elem_id="image-in",
@@ -637,7 +640,10 @@ def build(service: Service) -> gr.Blocks:
             with gr.Column(scale=5):
                 chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chat")
                 question = gr.Textbox(
-                    label="Question", placeholder="What is <object1> doing?", elem_id="question"
+                    label="Question",
+                    placeholder="What is <object1> doing?",
+                    info=settings.chat.describe(),
+                    elem_id="question",
                 )
                 with gr.Row():
                     send = gr.Button("Send", variant="primary")
@@ -674,9 +680,12 @@ def build(service: Service) -> gr.Blocks:
 
         # Hidden inputs and outputs of the API endpoints.
         with gr.Row(visible=False):
-            api_image = gr.Image(type="filepath")
-            api_mask = gr.Image(type="filepath")
-            api_video = gr.Video()
+            # Files, not Image/Video components: those decode or convert uploads before the handler
+            # runs, so a broken file would get Gradio's generic error instead of the library's message,
+            # and a decompression bomb would be decoded before any limit is checked.
+            api_image = gr.File(type="filepath")
+            api_mask = gr.File(type="filepath")
+            api_video = gr.File(type="filepath")
             api_frame = gr.Number(value=0, precision=0)
             api_question = gr.Textbox()
             api_tokens = gr.Number(value=256, precision=0)
@@ -762,6 +771,7 @@ def launch_options(settings: AppSettings) -> dict:
     return {
         "allowed_paths": [str(EXAMPLES), str(ASSETS)],
         "max_file_size": f"{int(settings.media.max_upload_mb)}mb",
+        "state_session_capacity": settings.max_sessions,
         "css": CSS,
         "footer_links": ["api"],
     }

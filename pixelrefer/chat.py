@@ -373,12 +373,12 @@ class ChatSession:
         self.limits.check_history(len(self.history))
 
     def _run(self, exchange: Exchange) -> Iterator[Reply]:
+        self._stop.clear()
         started = time.perf_counter()
         prepared = self.prepare(exchange)
         prepare_s = time.perf_counter() - started
         self.last_prepared = prepared
         mapper = _LabelMapper({label: f"<object{oid}>" for oid, label in self.labels().items()})
-        self._stop.clear()
         result = None
         for chunk in self.model.stream(
             prepared=prepared,

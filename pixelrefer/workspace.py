@@ -11,6 +11,7 @@ import json
 import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,19 @@ class Workspace:
         self.target: int | None = None
         self.marks: dict[int, dict[int, Prompt]] = {}
         self.tracked = False
-        self.folder = Path(tempfile.mkdtemp(prefix="pixelrefer-visitor-"))
+        self._folder: Path | None = None
+        self._remove_folder: weakref.finalize | None = None
         self.cancel = threading.Event()
+
+    @property
+    def folder(self) -> Path:
+        """This visitor's temporary folder (exports, overlay clips), made on first use, so that a visitor
+        whose first upload is refused leaves nothing behind. It is deleted by `close()`, or when the
+        workspace is garbage-collected without one (Gradio drops sessions beyond its capacity silently)."""
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="pixelrefer-visitor-"))
+            self._remove_folder = weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
+        return self._folder
 
     # ------------------------------------------------------------------ media
 
@@ -81,7 +93,7 @@ class Workspace:
 
     def open_image(self, source) -> None:
         """Start over with an image (array, PIL image or path)."""
-        image = load_image(source, max_pixels=self.service.settings.media.max_side**2 * 4)
+        image = load_image(source, limits=self.service.settings.media)
         self._reset()
         image = _fit(image, self.service.settings.media.max_side)
         self.image = image
@@ -143,7 +155,9 @@ class Workspace:
         binary = to_bool_mask(mask)
         height, width = self.frame.shape[:2]
         rows, cols = binary.shape
-        if cols > width and abs(rows * width / cols - height) <= 1.5:
+        same_shape = abs(rows * width / cols - height) <= 1.5
+        shrunk_alike = _fitted_size(rows, cols, self.service.settings.media.max_side) == (height, width)
+        if rows * cols > height * width and (same_shape or shrunk_alike):
             shrunk = cv2.resize(binary.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
             return shrunk > 0
         return binary
@@ -394,7 +408,8 @@ class Workspace:
         if self.session is not None:
             self.session.close()
         self.session = None
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self._remove_folder is not None:
+            self._remove_folder()
 
 
 def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -402,7 +417,14 @@ def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
     height, width = image.shape[:2]
     if max(height, width) <= max_side:
         return image
+    fitted_height, fitted_width = _fitted_size(height, width, max_side)
+    return cv2.resize(image, (fitted_width, fitted_height), interpolation=cv2.INTER_AREA)
+
+
+def _fitted_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(height, width) of a picture shrunk so its longer side is `max_side`; a side never drops below 2 px
+    (the full model crops up to, not including, the last row and column, so a 1-px side has no object)."""
+    if max(height, width) <= max_side:
+        return height, width
     scale = max_side / max(height, width)
-    return cv2.resize(
-        image, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA
-    )
+    return max(min(2, height), round(height * scale)), max(min(2, width), round(width * scale))
