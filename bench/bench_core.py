@@ -28,37 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pixelrefer import GenerationSettings, PixelRefer, Prepared, Video, load_image, sample_frames  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def fixtures_root() -> Path:
-    value = os.environ.get("PIXELREFER_FIXTURES")
-    return Path(value).resolve() if value else (REPO / ".." / "shared" / "fixtures").resolve()
-
-
-def case_call(case_dir: Path, case: dict, variant: str) -> dict:
-    """The public-API arguments of a fixture case (inputs only, the fixtures README's reading rules)."""
-    masks = [load_image(case_dir / name)[..., 0] != 0 for name in case["mask_files"]]
-    if case["modal"] == "image":
-        return {"image": case_dir / case["image_file"], "regions": masks}
-    names = sorted(os.listdir(case_dir / case["frames_dir"]))
-    frames = [load_image(case_dir / case["frames_dir"] / name) for name in names]
-    frame_ids = case["frame_ids"]
-    mask_frames = [frame_ids[i] for i in case["mask_ids"]]
-    if variant == "lite":
-        regions, position = [], 0
-        for group in case["mask_ids_raw"]:
-            regions.append({mask_frames[position + j]: masks[position + j] for j in range(len(group))})
-            position += len(group)
-        shown, times = [], []
-    else:
-        regions = [{frame: mask} for frame, mask in zip(mask_frames, masks, strict=True)]
-        sample = sample_frames(len(frames), source="folder")
-        shown, times = [frames[i] for i in sample.indices], list(sample.timestamps)
-    video = Video(frames=shown, timestamps=times, annotated={f: frames[f] for f in frame_ids}, fps=3)
-    return {"video": video, "regions": regions}
+from pixelrefer import GenerationSettings, PixelRefer, Prepared  # noqa: E402
+from tests.test_parity import build_call as case_call  # noqa: E402  (the parity test's reading rules)
+from tests.test_parity import fixtures_root  # noqa: E402
 
 
 def timed(fn: Callable[[], object], runs: int) -> list[float]:
