@@ -23,14 +23,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from transformers import LogitsProcessor
 
+from pixelrefer import inference
 from pixelrefer.masks import mask_from_rle, object_color
 from pixelrefer.video import load_clip, probe_video, read_frames
 
@@ -103,6 +105,45 @@ def save_screenshot(page: Page, name: str, *, readme: bool = False) -> Path:
         shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
         assert target.stat().st_size < 400_000
     return path
+
+
+class Paced(LogitsProcessor):
+    """Holds each decoding step for `delay_s`; with `eos_ids`, also keeps the model from ending by itself."""
+
+    def __init__(self, delay_s: float, eos_ids: frozenset[int] = frozenset()) -> None:
+        self.delay_s = delay_s
+        self.eos_ids = sorted(eos_ids)
+
+    def __call__(self, input_ids, scores):
+        time.sleep(self.delay_s)
+        if self.eos_ids:
+            scores[:, self.eos_ids] = float("-inf")
+        return scores
+
+
+@pytest.fixture(autouse=True)
+def pace(monkeypatch: pytest.MonkeyPatch, preview_app: PreviewApp) -> Callable[..., None]:
+    """Stream the in-process preview model at a real model's pace.
+
+    The tiny preview model decodes about 750 tokens a second here, faster than Chromium renders them: the page
+    could show a whole answer at once, or finish it before a Stop click arrives. 100 tokens a second is still
+    faster than a 2B model on a CPU. `endless` masks the end-of-sequence tokens, so an answer lasts to its
+    token limit whatever this machine's arithmetic makes of the random weights (a one-token answer cannot be
+    seen streaming).
+    """
+    original = inference.build_logits_processors
+
+    def set_pace(delay_s: float, *, endless: bool = False) -> None:
+        def build(settings, config):
+            processors = original(settings, config)
+            eos_ids = frozenset(preview_app.service.model.eos_ids) if endless else frozenset()
+            processors.append(Paced(delay_s, eos_ids))
+            return processors
+
+        monkeypatch.setattr(inference, "build_logits_processors", build)
+
+    set_pace(0.01, endless=True)
+    return set_pace
 
 
 # ---------------------------------------------------------------------- what the page shows
@@ -301,7 +342,7 @@ def test_example_gives_a_streamed_answer(page: Page, preview_app: PreviewApp, sc
 
 
 def test_image_two_objects_chat_stop_regenerate(
-    page: Page, preview_app: PreviewApp, scene: SceneImage, tmp_path: Path
+    page: Page, preview_app: PreviewApp, scene: SceneImage, tmp_path: Path, pace: Callable[..., None]
 ) -> None:
     page.locator("#image-in input[type=file]").set_input_files(str(scene.path))
     wait_text(page, "#mark-info", "Click on an object to mark it.")
@@ -330,8 +371,7 @@ def test_image_two_objects_chat_stop_regenerate(
     assert iou(masks[1], scene.disc) > 0.9
     assert iou(masks[2], scene.square) > 0.9
 
-    # Ask about both; the tags are shown in their objects' colours. (The quick action's own question gets a
-    # one-token answer from the random preview model, too short to watch it stream, so ask another.)
+    # Ask about both; the tags are shown in their objects' colours.
     page.get_by_role("button", name="How do <object1> and <object2> relate?").click()
     expect(page.locator("#question textarea")).to_have_value(
         "How do <object1> and <object2> relate to each other?"
@@ -343,8 +383,8 @@ def test_image_two_objects_chat_stop_regenerate(
     assert tag_colour(page, 0, "<object1>") == css_rgb(object_color(0))
     assert tag_colour(page, 0, "<object2>") == css_rgb(object_color(1))
 
-    # A long answer, stopped while it streams. (The preview model's greedy answer to this question runs
-    # past the app's 4096-token limit: seconds of generation, so Stop lands in the middle.)
+    # A long answer, stopped while it streams: 4096 tokens at 50 a second, so Stop lands in the middle.
+    pace(0.02, endless=True)
     set_max_tokens(page, APP_PREVIEW_MAX_NEW_TOKENS)
     page.locator("#question textarea").fill("Describe <object2> next to <object1> in great detail.")
     watch_chat(page)
@@ -359,6 +399,7 @@ def test_image_two_objects_chat_stop_regenerate(
     assert stopped[1].rstrip().endswith("(stopped)"), stopped[1][-200:]
 
     # Regenerate answers the stopped question again, in its place, to the end.
+    pace(0.01, endless=True)
     set_max_tokens(page, 32)
     watch_chat(page)
     page.get_by_role("button", name="Regenerate", exact=True).click()
