@@ -19,7 +19,7 @@ def test_readme_starts_with_the_two_commands() -> None:
     assert after_title.startswith("```bash\n")
     demo, tests = readme_commands()
     assert demo == "pip install -r requirements.txt && python app.py"
-    assert "pytest" in tests and "requirements.txt" in tests
+    assert "pytest" in tests and "requirements-test.txt" in tests
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
@@ -28,9 +28,19 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert tests in ci_lines
 
 
+def _listed(path: str, package: str) -> bool:
+    return re.search(rf"^{re.escape(package)}\b", (REPO / path).read_text().lower(), flags=re.M) is not None
+
+
 def test_requirements_install_everything_the_code_imports() -> None:
-    requirements = (REPO / "requirements.txt").read_text().lower()
     for package in ("torch", "torchvision", "transformers", "accelerate", "bitsandbytes", "gradio", "moviepy",
-                    "opencv-python-headless", "pycocotools", "safetensors", "huggingface_hub", "psutil",
-                    "pytest", "playwright"):  # fmt: skip
-        assert re.search(rf"^{re.escape(package)}\b", requirements, flags=re.M), package
+                    "opencv-python-headless", "pycocotools", "safetensors", "huggingface_hub", "psutil"):  # fmt: skip
+        assert _listed("requirements.txt", package), package
+
+
+def test_test_tools_stay_out_of_the_app_requirements() -> None:
+    """The Docker image installs requirements.txt only; the tests add their tools on top of it."""
+    test_lines = (REPO / "requirements-test.txt").read_text().splitlines()
+    assert "-r requirements.txt" in test_lines
+    for tool in ("pytest", "playwright", "ruff"):
+        assert _listed("requirements-test.txt", tool) and not _listed("requirements.txt", tool), tool
