@@ -23,6 +23,9 @@ __all__ = ["GrabCutSegmenter"]
 _WORK_SIDE = 640
 _IMAGE_ITERATIONS = 5
 _TRACK_ITERATIONS = 3
+_SAME_COLOUR = 12.0
+"""Largest Lab distance (OpenCV's 8-bit Lab) from the marked pixels' median colour that counts as the same
+flat colour when a click's object is grown beyond the click."""
 _BAND = 0.35
 """Half-width of the uncertain band around the previous mask, as a fraction of the object's size
 (sqrt of its area): how far an object may move between two sampled frames."""
@@ -100,6 +103,23 @@ def _seed_from_prompt(prompt: Prompt, shape: tuple[int, int], scale: float) -> t
     return seeds, marked > 0
 
 
+def _open_same_colour(small: np.ndarray, seeds: np.ndarray, marked: np.ndarray) -> None:
+    """Let the marked colour's connected region be object, not background, in GrabCut's first colour models.
+
+    A click only suggests a disc around itself, and a tracking step only the band around the last mask; the
+    rest of a larger (or moved) flat object would start as probable background, teach the background model
+    the object's colour and stay background. Pixels of the marked pixels' colour that connect to them start
+    as probable object instead (unless that is half the image).
+    """
+    if not marked.any():
+        return
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
+    close = np.linalg.norm(lab - np.median(lab[marked], axis=0), axis=-1) <= _SAME_COLOUR
+    region = _keep_touching(close, marked)
+    if region.any() and region.sum() < 0.5 * region.size:
+        seeds[region & (seeds == cv2.GC_PR_BGD)] = cv2.GC_PR_FGD
+
+
 def _seed_from_mask(previous: np.ndarray) -> np.ndarray:
     """Seeds for the next frame: the object's core is sure, a band around its edge is open, the rest is not."""
     inside = cv2.distanceTransform(np.pad(previous, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
@@ -125,6 +145,7 @@ class GrabCutSegmenter(Segmenter):
         scale = _work_scale(image.shape)
         small = _resize(image, scale, cv2.INTER_AREA)
         seeds, marked = _seed_from_prompt(prompt, small.shape[:2], scale)
+        _open_same_colour(small, seeds, marked)
         found = _keep_touching(_run_grabcut(small, seeds, _IMAGE_ITERATIONS), marked)
         return rank_candidates([(_restore(found, image.shape), None)], segmenter=self.name, is_classical=True)
 
@@ -137,7 +158,9 @@ class GrabCutSegmenter(Segmenter):
         prior = _restore(previous, small.shape)
         if not prior.any():
             return np.zeros_like(previous)
-        found = _keep_touching(_run_grabcut(small, _seed_from_mask(prior), _TRACK_ITERATIONS), prior)
+        seeds = _seed_from_mask(prior)
+        _open_same_colour(small, seeds, seeds == cv2.GC_FGD)
+        found = _keep_touching(_run_grabcut(small, seeds, _TRACK_ITERATIONS), prior)
         return clean_mask(_restore(found, frame.shape))
 
     def _track(

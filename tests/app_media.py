@@ -14,6 +14,8 @@ import numpy as np
 from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
 from PIL import Image
 
+from .scenes import gradient
+
 DISC_RGB = (20, 60, 200)
 SQUARE_RGB = (235, 140, 30)
 
@@ -52,10 +54,7 @@ class SceneClip:
 
 def backdrop(width: int, height: int, seed: int = 0) -> np.ndarray:
     """A light colour gradient with mild noise: plain enough for GrabCut, not a flat fill."""
-    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([175 + 45 * cols / width, 195 + 30 * rows / height, 215 - 35 * cols / width], axis=-1)
-    noise = np.random.default_rng(seed).normal(0, 4, (height, width, 3))
-    return np.clip(base + noise, 0, 255).astype(np.uint8)
+    return gradient(height, width, seed)
 
 
 def disc_mask(size: tuple[int, int], centre: tuple[int, int], radius: int) -> np.ndarray:

@@ -69,6 +69,38 @@ def moving_scene(
     return frames, truths
 
 
+def gradient(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A plain light colour gradient with mild noise, like a wall or the sky."""
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([175 + 45 * cols / width, 195 + 30 * rows / height, 215 - 35 * cols / width], axis=-1)
+    noise = np.random.default_rng(seed).normal(0, 4, (height, width, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def jpeg(image: np.ndarray, quality: int = 80) -> np.ndarray:
+    """The image after a JPEG round trip: blurred colour edges, as in any photo or video frame."""
+    ok, data = cv2.imencode(
+        ".jpg", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    assert ok
+    return np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1])
+
+
+def flat_disc_frames(
+    n_frames: int, height: int = 160, width: int = 200, step: int = 16
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A flat blue disc (radius 40) moving right `step` px a frame over a plain gradient, JPEG-compressed."""
+    background = gradient(height, width, seed=1)
+    frames, truths = [], []
+    for t in range(n_frames):
+        disc = disc_mask(height, width, (50 + step * t, height // 2), 40)
+        frame = background.copy()
+        frame[disc] = (20, 60, 200)
+        frames.append(jpeg(frame))
+        truths.append(disc)
+    return frames, truths
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0

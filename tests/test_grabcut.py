@@ -11,7 +11,7 @@ import pytest
 from pixelrefer.grabcut import GrabCutSegmenter
 from pixelrefer.segment import Prompt, TrackingCancelled
 
-from .scenes import disc_mask, disc_scene, iou, moving_scene, paint, polygon_scene, textured
+from .scenes import disc_mask, disc_scene, flat_disc_frames, iou, moving_scene, paint, polygon_scene, textured
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,14 @@ def test_recovers_shapes(grabcut, scene: str, mark: str) -> None:
     assert iou(result.mask, truth) >= 0.9
     assert result.segmenter == "GrabCut (classical)" and result.is_classical
     assert result.score is None and result.alternatives == () and not result.empty
+
+
+def test_a_click_fills_a_flat_object_much_larger_than_the_click(grabcut) -> None:
+    """A click seeds a disc a quarter of this object's size; the object's own colour carries it to the edge,
+    through the blurred edges of a compressed frame."""
+    frames, truths = flat_disc_frames(1)
+    result = grabcut.segment_image(frames[0], Prompt(points=[middle_of(truths[0])]))
+    assert iou(result.mask, truths[0]) >= 0.95
 
 
 def test_only_the_clicked_object_of_two_alike(grabcut) -> None:
@@ -94,6 +102,13 @@ def test_tracks_two_objects_both_ways(grabcut) -> None:
         scores = [iou(tracks[name][k], truths[k][name]) for k in range(10)]
         assert min(scores) >= 0.85, (name, scores)
     assert calls[-1] == (20, 20) and [done for done, _ in calls] == list(range(1, 21))
+
+
+def test_tracks_a_flat_object_that_moves_far_between_sampled_frames(grabcut) -> None:
+    frames, truths = flat_disc_frames(5)
+    tracks = grabcut.track(frames, {1: {2: Prompt(points=[middle_of(truths[2])])}})
+    scores = [iou(tracks[1][k], truths[k]) for k in range(5)]
+    assert min(scores) >= 0.95, scores
 
 
 def test_a_given_mask_anchors_the_track(grabcut) -> None:
