@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random SAM 2.1 checkpoint and clips whose frames carry their own index."""
+"""Shared test setup: offline hubs, where the repo and the fixtures are, a tiny random SAM 2.1, the preview app."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a model hub
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fixtures_root() -> Path:
+    """The official code's outputs on tiny checkpoints: $PIXELREFER_FIXTURES, else ../shared/fixtures."""
+    value = os.environ.get("PIXELREFER_FIXTURES")
+    return Path(value).resolve() if value else (REPO / ".." / "shared" / "fixtures").resolve()
 
 
 @pytest.fixture(scope="session")

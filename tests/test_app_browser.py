@@ -37,11 +37,10 @@ from pixelrefer.masks import mask_from_rle, object_color
 from pixelrefer.video import load_clip, probe_video, read_frames
 
 from .app_media import SceneClip, SceneImage, iou, write_scene_clip, write_scene_image
-from .conftest import APP_PREVIEW_MAX_NEW_TOKENS, PreviewApp, free_port
+from .conftest import APP_PREVIEW_MAX_NEW_TOKENS, REPO, PreviewApp, fixtures_root, free_port
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 README_SCREENSHOTS = REPO / "assets" / "screenshots"
 CHROMIUM = Path(os.environ.get("PIXELREFER_CHROMIUM", "/usr/bin/chromium"))
@@ -466,11 +465,6 @@ def test_clip_marked_on_a_middle_frame_tracked_and_asked(page: Page, clip: Scene
 
 
 # ---------------------------------------------------------------------- the real path
-
-
-def fixtures_root() -> Path:
-    value = os.environ.get("PIXELREFER_FIXTURES")
-    return Path(value).resolve() if value else (REPO / ".." / "shared" / "fixtures").resolve()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import torch
 from pixelrefer import ChatLimits, ChatSession, GenerationSettings, PixelRefer, load_image
 from pixelrefer.video import load_frame_folder
 
-from .test_parity import fixtures_root
+from .conftest import fixtures_root
 
 QUESTION = "What is the relationship between <object1> and <object2>?"
 VARIANTS = ["pixelrefer-tiny", "pixelrefer-lite-tiny"]

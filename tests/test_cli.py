@@ -12,7 +12,7 @@ import pytest
 
 from pixelrefer.cli import main
 
-from .test_parity import REPO, fixtures_root
+from .conftest import REPO, fixtures_root
 
 FULL = fixtures_root() / "pixelrefer-tiny"
 LITE = fixtures_root() / "pixelrefer-lite-tiny"

@@ -24,6 +24,7 @@ from pixelrefer.images import load_image
 from pixelrefer.synthetic import build_checkpoint
 from pixelrefer.video import load_clip
 
+from .conftest import REPO
 from .corpus import (
     ANSWER,
     BASE_SIZE,
@@ -39,7 +40,6 @@ from .corpus import (
     refused,
     write_mask,
 )
-from .test_parity import REPO
 
 CLI_MASK_OUTCOMES = {
     "clip_frame_missing": ANSWER,

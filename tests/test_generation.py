@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,13 +30,6 @@ from pixelrefer.generation import TextStream, build_logits_processors, decode, e
 from pixelrefer.synthetic import build_checkpoint
 
 QWEN_STYLE = {"repetition_penalty": 1.1, "top_k": 20, "temperature": 0.7, "top_p": 0.8, "do_sample": True}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _offline() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pixelrefer.images import ImageError, load_image
 from pixelrefer.limits import ChatLimits, LimitExceeded, MediaLimits, MediaRejected
 from pixelrefer.service import AppSettings, Service
 
-from .test_parity import REPO
+from .conftest import REPO
 
 SHORT = GenerationSettings(max_new_tokens=3)
 

@@ -19,7 +19,7 @@ import pytest
 
 from pixelrefer import workspace as workspace_module
 
-from .test_parity import REPO
+from .conftest import REPO
 
 if TYPE_CHECKING:
     from .conftest import PreviewApp  # the fixture's type; only for annotations

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -26,26 +25,14 @@ from pixelrefer.loading import read_config
 from pixelrefer.model import PixelReferForCausalLM
 from pixelrefer.synthetic import VISION_FOLDER, build_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import fixtures_root
+
 VARIANTS = ["pixelrefer-tiny", "pixelrefer-lite-tiny"]
 UNUSED_ON_DISK = {"model.region_encoder.mask_embedding.weight", "model.region_encoder.mask_embedding.bias"}
 
 
-def fixtures_root() -> Path:
-    value = os.environ.get("PIXELREFER_FIXTURES")
-    return Path(value).resolve() if value else (REPO / ".." / "shared" / "fixtures").resolve()
-
-
 def checkpoint(variant: str) -> Path:
     return fixtures_root() / variant / "checkpoint"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _offline() -> Iterator[None]:
-    """No test here may reach a hub."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from pixelrefer.grabcut import GrabCutSegmenter
 from pixelrefer.segment import Prompt
 from pixelrefer.video import Clip, load_clip
 
+from .conftest import fixtures_root
 from .scenes import iou, moving_scene
-from .test_parity import fixtures_root
 
 SOURCE_FRAMES = 16
 NATIVE_FPS = 8

@@ -9,9 +9,7 @@ against the fixtures' own `num_params`, which the official classes reported.
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,14 +18,10 @@ from pixelrefer.config import PixelReferConfig, PixelReferLiteConfig
 from pixelrefer.model import PixelReferForCausalLM
 from pixelrefer.synthetic import RELEASE_2B, RELEASE_7B, RELEASES, TINY, ModelShape, model_config
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import fixtures_root
+
 FIXTURE_OF = {"full": "pixelrefer-tiny", "lite": "pixelrefer-lite-tiny"}
 UNUSED_ON_DISK = {"model.region_encoder.mask_embedding.weight", "model.region_encoder.mask_embedding.bias"}
-
-
-def fixtures_root() -> Path:
-    value = os.environ.get("PIXELREFER_FIXTURES")
-    return Path(value).resolve() if value else (REPO / ".." / "shared" / "fixtures").resolve()
 
 
 def official_tensors(variant: str) -> dict:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -31,19 +29,7 @@ from pixelrefer.objects import (
 )
 from pixelrefer.synthetic import build_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def fixtures_root() -> Path:
-    value = os.environ.get("PIXELREFER_FIXTURES")
-    return Path(value).resolve() if value else (REPO / ".." / "shared" / "fixtures").resolve()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _offline() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield
+from .conftest import fixtures_root
 
 
 def noise_frame(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -18,12 +18,7 @@ from safetensors.torch import load_file
 
 from pixelrefer import GenerationSettings, PixelRefer, Video, load_image, sample_frames
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def fixtures_root() -> Path:
-    value = os.environ.get("PIXELREFER_FIXTURES")
-    return Path(value).resolve() if value else (REPO / ".." / "shared" / "fixtures").resolve()
+from .conftest import fixtures_root
 
 
 def discover() -> list[Path]:

@@ -9,9 +9,7 @@ checked against the fixtures' recorded input ids.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -30,21 +28,10 @@ from pixelrefer.processing import (
 )
 from pixelrefer.vision import build_processor, preprocess_images, smart_resize
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import fixtures_root
+
 REGION = "<REGION>"
 MAX_PIXELS = 8192 * 2 * 2 * 14 * 14  # mm_max_length x merge^2 x patch^2 (spec §3.1)
-
-
-def fixtures_root() -> Path:
-    value = os.environ.get("PIXELREFER_FIXTURES")
-    return Path(value).resolve() if value else (REPO / ".." / "shared" / "fixtures").resolve()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _offline() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .test_parity import REPO
+from .conftest import REPO
 
 
 def readme_commands() -> list[str]:

@@ -33,8 +33,8 @@ from pixelrefer.service import AppSettings, Service
 from pixelrefer.video import load_clip
 from pixelrefer.workspace import Workspace
 
+from .conftest import REPO
 from .corpus import APP_LIMITS, IMAGE_CASES, VIDEO_CASES, Corpus
-from .test_parity import REPO
 
 if TYPE_CHECKING:
     from .conftest import PreviewApp  # the fixture's type; only for annotations
