@@ -6,16 +6,20 @@ The decisions are pure functions of a GPU inventory, so they can be tested with 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
 __all__ = [
+    "CPU_BF16_FEATURES",
     "GpuInfo",
     "Placement",
     "PlacementError",
+    "cpu_bf16_features",
     "plan_loading",
     "plan_placement",
     "resolve_dtype",
@@ -58,6 +62,8 @@ class Placement:
     devices: tuple[str, ...]
     max_memory: dict[int | str, int] | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    dtype_note: str = ""
+    """Why the weights run in the dtype they do (shown in the model status)."""
 
     @property
     def primary(self) -> torch.device:
@@ -80,14 +86,41 @@ def visible_gpus() -> list[GpuInfo]:
     return gpus
 
 
-def resolve_dtype(dtype: str | torch.dtype, devices: tuple[str, ...], gpus: list[GpuInfo]) -> torch.dtype:
-    """`auto`: bfloat16 when every GPU used has compute capability >= 8.0, float16 on older GPUs, float32 on CPU."""
+CPU_BF16_FEATURES = ("amx_bf16", "avx512_bf16")
+"""CPU features that compute bfloat16 matrix products natively; without them torch emulates bf16 slowly."""
+_CPUINFO = Path("/proc/cpuinfo")
+
+
+@functools.cache
+def cpu_bf16_features() -> tuple[str, ...]:
+    """Which of `CPU_BF16_FEATURES` this CPU has (torch's own probe, else /proc/cpuinfo's flags)."""
+    try:
+        capabilities = torch.cpu.get_capabilities()
+        return tuple(f for f in CPU_BF16_FEATURES if capabilities.get(f))
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        flags = set(_CPUINFO.read_text().split())
+    except OSError:
+        return ()
+    return tuple(f for f in CPU_BF16_FEATURES if f in flags)
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype,
+    devices: tuple[str, ...],
+    gpus: list[GpuInfo],
+    *,
+    cpu_bf16: bool = False,
+) -> torch.dtype:
+    """`auto`: bfloat16 when every GPU used has compute capability >= 8.0, float16 on older GPUs; on the
+    CPU bfloat16 when `cpu_bf16` (the CPU computes it natively), else float32."""
     if isinstance(dtype, torch.dtype):
         chosen = dtype
     elif dtype == "auto":
         used = [g for g in gpus if f"cuda:{g.index}" in devices]
         if not used:
-            return torch.float32
+            return torch.bfloat16 if cpu_bf16 else torch.float32
         return torch.bfloat16 if all(g.capability >= (8, 0) for g in used) else torch.float16
     elif dtype in _DTYPES:
         chosen = _DTYPES[dtype]
@@ -170,22 +203,74 @@ def plan_placement(
     )
 
 
+def _older_gpus(placement: Placement, gpus: list[GpuInfo]) -> list[GpuInfo]:
+    return [g for g in gpus if f"cuda:{g.index}" in placement.devices and g.capability < (8, 0)]
+
+
+_FLOAT16_NOTE = (
+    "float16: a GPU used has no bfloat16 (compute capability < 8.0) and float32 does not fit; the model "
+    "was trained in bfloat16, so float16 may overflow (--quantization 8bit runs in float32 instead)"
+)
+
+
+def _dtype_note(
+    dtype: str | torch.dtype,
+    chosen: torch.dtype,
+    placement: Placement,
+    cpu: tuple[str, ...],
+    gpus: list[GpuInfo],
+) -> str:
+    name = str(chosen).removeprefix("torch.")
+    if dtype != "auto":
+        return f"{name}, as asked"
+    if placement.devices == ("cpu",):
+        if chosen == torch.bfloat16:
+            return f"bfloat16: this CPU computes it natively ({', '.join(cpu)})"
+        return "float32: this CPU has no native bfloat16 (AMX-BF16 or AVX512-BF16)"
+    if _older_gpus(placement, gpus):
+        return "float32: a GPU used has no bfloat16 (compute capability < 8.0), and float16 would overflow"
+    return "bfloat16: every GPU used supports it (compute capability >= 8.0)"
+
+
 def plan_loading(
     device: str,
     dtype: str | torch.dtype,
     gpus: list[GpuInfo],
     weight_bytes: Callable[[torch.dtype], int],
+    *,
+    cpu_bf16: tuple[str, ...] | None = None,
 ) -> tuple[Placement, torch.dtype]:
-    """Placement and dtype together, since each depends on the other.
+    """Placement and dtype together for a model trained in bfloat16 (Qwen2.5), since each depends on the other.
 
     The dtype decides the size (`weight_bytes(dtype)`), and the size decides which GPUs are used. With
-    `dtype="auto"` the dtype is resolved again on the GPUs finally chosen: a model split onto an older
-    GPU (compute capability < 8.0) must run in float16 there, not in the bfloat16 the first GPU allows.
+    `dtype="auto"`: bfloat16 on GPUs of compute capability >= 8.0; on the CPU bfloat16 when it has one of
+    `CPU_BF16_FEATURES` (`cpu_bf16`, detected when None), else float32. GPUs without bfloat16 (< 8.0) get
+    float32, not float16: Qwen2.5's activations exceed float16's range (65504) and overflow into inf/NaN,
+    while bfloat16 weights convert to float32 exactly. Only when float32 does not fit is float16 used, and
+    then `dtype_note` says so (an explicit dtype or quantization is the way to choose otherwise).
     """
+    cpu = cpu_bf16_features() if cpu_bf16 is None else tuple(cpu_bf16)
+
+    def policy(placement: Placement) -> torch.dtype:
+        if dtype == "auto" and _older_gpus(placement, gpus):
+            return torch.float32
+        return resolve_dtype(dtype, placement.devices, gpus, cpu_bf16=bool(cpu))
+
+    def place(chosen: torch.dtype, older: bool) -> Placement:
+        try:
+            return plan_placement(device, gpus, weight_bytes(chosen))
+        except PlacementError:
+            if not (dtype == "auto" and older):
+                raise
+            fallback = plan_placement(device, gpus, weight_bytes(torch.float16))
+            return replace(fallback, dtype_note=_FLOAT16_NOTE)
+
     provisional = plan_placement(device, gpus, 0)
-    chosen = resolve_dtype(dtype, provisional.devices, gpus)
-    placement = plan_placement(device, gpus, weight_bytes(chosen))
-    final = resolve_dtype(dtype, placement.devices, gpus)
-    if final != chosen:
-        placement = plan_placement(device, gpus, weight_bytes(final))
-    return placement, final
+    chosen = policy(provisional)
+    placement = place(chosen, bool(_older_gpus(provisional, gpus)))
+    if not placement.dtype_note and policy(placement) != chosen:
+        chosen = policy(placement)
+        placement = place(chosen, bool(_older_gpus(placement, gpus)))
+    if placement.dtype_note:
+        return placement, torch.float16
+    return replace(placement, dtype_note=_dtype_note(dtype, chosen, placement, cpu, gpus)), chosen

@@ -321,7 +321,7 @@ class Service:
             if model.variant == "lite"
             else "PixelRefer (vision-object)",
             "devices": ", ".join(model.placement.devices),
-            "dtype": str(model.dtype).removeprefix("torch."),
+            "dtype": model.placement.dtype_note or str(model.dtype).removeprefix("torch."),
             "quantization": model.quantization or "none",
             "memory": memory,
             "segmenter": self.segmenter.name if self.segmenter else "none",

@@ -22,7 +22,10 @@ VARIANTS = ["pixelrefer-tiny", "pixelrefer-lite-tiny"]
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def model(request) -> PixelRefer:
-    return PixelRefer.from_pretrained(str(fixtures_root() / request.param / "checkpoint"), device="cpu")
+    # float32: the fixtures' greedy ids were recorded in float32 (bfloat16 flips near-tied steps).
+    return PixelRefer.from_pretrained(
+        str(fixtures_root() / request.param / "checkpoint"), device="cpu", dtype="float32"
+    )
 
 
 def _case(model: PixelRefer, name: str) -> tuple[Path, dict]:

@@ -36,6 +36,7 @@ def test_image_json_is_one_object_and_matches_fixture() -> None:
     case = json.loads((IMAGE_CASE / "case.json").read_text())
     done = run_cli(
         "--model", str(FULL / "checkpoint"),
+        "--dtype", "float32",  # the fixture's ids were recorded in float32
         "--image", str(IMAGE_CASE / "inputs" / "image.png"),
         "--mask", str(IMAGE_CASE / "inputs" / "mask_0.png"),
         "--mask", str(IMAGE_CASE / "inputs" / "mask_1.png"),
@@ -64,6 +65,7 @@ def test_video_folder_streams_the_answer() -> None:
             ]
     done = run_cli(
         "--model", str(LITE / "checkpoint"),
+        "--dtype", "float32",
         "--video", str(inputs / "frames"),
         *masks,
         "--max-new-tokens", "8",

@@ -190,10 +190,83 @@ def _bytes_per_element(parameters: int):
     return lambda dtype: parameters * (torch.finfo(dtype).bits // 8)
 
 
-def test_plan_loading_on_the_cpu_is_float32() -> None:
-    placement, dtype = plan_loading("auto", "auto", [], _bytes_per_element(10**9))
+def test_plan_loading_on_a_cpu_without_native_bfloat16_is_float32() -> None:
+    placement, dtype = plan_loading("auto", "auto", [], _bytes_per_element(10**9), cpu_bf16=())
     assert placement.devices == ("cpu",)
     assert dtype == torch.float32
+    assert "no native bfloat16" in placement.dtype_note
+
+
+@pytest.mark.parametrize("features", [("amx_bf16",), ("avx512_bf16",), ("amx_bf16", "avx512_bf16")])
+def test_plan_loading_on_a_cpu_with_native_bfloat16_is_bfloat16(features: tuple[str, ...]) -> None:
+    placement, dtype = plan_loading("cpu", "auto", [gpu(0, 80)], _bytes_per_element(10**9), cpu_bf16=features)
+    assert placement.devices == ("cpu",)
+    assert dtype == torch.bfloat16
+    assert placement.dtype_note == f"bfloat16: this CPU computes it natively ({', '.join(features)})"
+
+
+def test_explicit_float32_stays_float32_on_a_cpu_with_native_bfloat16() -> None:
+    placement, dtype = plan_loading("cpu", "float32", [], _bytes_per_element(10**9), cpu_bf16=("amx_bf16",))
+    assert dtype == torch.float32
+    assert placement.dtype_note == "float32, as asked"
+
+
+def test_cpu_bfloat16_detection_reads_torch_or_cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from pixelrefer import devices
+
+    def detect() -> tuple[str, ...]:
+        devices.cpu_bf16_features.cache_clear()
+        try:
+            return devices.cpu_bf16_features()
+        finally:
+            devices.cpu_bf16_features.cache_clear()
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False, "avx512_bf16": True})
+    assert detect() == ("avx512_bf16",)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_f": True})
+    assert detect() == ()
+
+    def unavailable() -> dict:
+        raise AttributeError("no probe in this torch")
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", unavailable)
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(devices, "_CPUINFO", cpuinfo)
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f amx_tile amx_bf16\n")
+    assert detect() == ("amx_bf16",)
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx2\n")
+    assert detect() == ()
+    cpuinfo.unlink()
+    assert detect() == ()
+
+
+def test_plan_loading_on_an_older_gpu_is_float32_not_float16_when_it_fits() -> None:
+    # A T4 (7.5) with 16 GiB: 1.5e9 parameters take 6 GB in float32, which fits.
+    placement, dtype = plan_loading("auto", "auto", [gpu(0, 16, (7, 5))], _bytes_per_element(15 * 10**8))
+    assert (placement.devices, dtype) == (("cuda:0",), torch.float32)
+    assert (
+        "compute capability < 8.0" in placement.dtype_note
+        and "float16 would overflow" in placement.dtype_note
+    )
+
+
+def test_plan_loading_on_an_older_gpu_says_so_when_only_float16_fits() -> None:
+    # 7e9 parameters: 28 GB in float32 does not fit a 16 GiB T4, 14 GB in float16 does.
+    placement, dtype = plan_loading("auto", "auto", [gpu(0, 16, (7, 5))], _bytes_per_element(7 * 10**9))
+    assert (placement.devices, dtype) == (("cuda:0",), torch.float16)
+    assert placement.dtype_note.startswith("float16:") and "may overflow" in placement.dtype_note
+
+
+def test_plan_loading_explicit_float16_on_an_older_gpu_is_honoured() -> None:
+    placement, dtype = plan_loading("auto", "float16", [gpu(0, 16, (7, 5))], _bytes_per_element(10**9))
+    assert dtype == torch.float16
+    assert placement.dtype_note == "float16, as asked"
+
+
+def test_plan_loading_on_a_new_gpu_is_bfloat16_whatever_the_cpu() -> None:
+    placement, dtype = plan_loading("auto", "auto", [gpu(0, 80)], _bytes_per_element(10**9), cpu_bf16=())
+    assert dtype == torch.bfloat16
+    assert "compute capability >= 8.0" in placement.dtype_note
 
 
 def test_plan_loading_sizes_the_model_in_the_chosen_dtype() -> None:
@@ -210,7 +283,17 @@ def test_plan_loading_split_onto_an_older_gpu_runs_in_float16() -> None:
     gpus = [gpu(0, 12, (8, 0)), gpu(1, 12, (7, 5))]
     placement, dtype = plan_loading("auto", "auto", gpus, _bytes_per_element(7 * 10**9))
     assert placement.devices == ("cuda:0", "cuda:1")
+    # float32 (28 GB) would not fit the two GPUs' 20 GiB, so float16 it is, and the status says why.
     assert dtype == torch.float16
+    assert "may overflow" in placement.dtype_note
+
+
+def test_plan_loading_split_onto_an_older_gpu_runs_in_float32_when_it_fits() -> None:
+    # bfloat16 (13 GiB) would fit GPU 1 (Volta) alone, which has no bfloat16; float32 (26 GiB) takes both.
+    gpus = [gpu(0, 12, (8, 0)), gpu(1, 24, (7, 0))]
+    placement, dtype = plan_loading("auto", "auto", gpus, _bytes_per_element(7 * 10**9))
+    assert placement.devices == ("cuda:0", "cuda:1")
+    assert dtype == torch.float32
 
 
 def test_plan_loading_fails_before_loading_when_nothing_can_serve() -> None:

@@ -419,10 +419,16 @@ def test_cpu_dtypes_load_in_that_dtype_and_generate(name: str, dtype: torch.dtyp
     assert len(ids) == 3
 
 
-def test_auto_dtype_on_the_cpu_is_float32() -> None:
+@pytest.mark.parametrize(("features", "dtype"), [((), torch.float32), (("amx_bf16",), torch.bfloat16)])
+def test_auto_dtype_on_the_cpu_follows_its_native_bfloat16(
+    monkeypatch: pytest.MonkeyPatch, features: tuple[str, ...], dtype: torch.dtype
+) -> None:
+    monkeypatch.setattr("pixelrefer.devices.cpu_bf16_features", lambda: features)
     model = PixelRefer.from_pretrained(str(checkpoint("pixelrefer-lite-tiny")), device="cpu", dtype="auto")
-    assert model.dtype == torch.float32
+    assert model.dtype == dtype
+    assert {p.dtype for p in model.model.parameters()} == {dtype}
     assert model.placement.devices == ("cpu",)
+    assert model.placement.dtype_note.startswith(str(dtype).removeprefix("torch."))
 
 
 def test_float16_on_the_cpu_is_refused_before_loading() -> None:
