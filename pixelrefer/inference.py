@@ -22,14 +22,9 @@ import torch
 
 from .cache import FeatureCache, PrefixCache, content_key
 from .config import PixelReferConfig, Variant
-from .generation import (
-    GenerationSettings,
-    GenerationTimeout,
-    TextStream,
-    build_logits_processors,
-    decode,
-    eos_token_ids,
-)
+from .engines.base import DecodeEngine, DecodeRequest
+from .engines.transformers_engine import TransformersEngine
+from .generation import GenerationSettings, GenerationTimeout, TextStream, eos_token_ids
 from .images import ImageInput, load_image
 from .loading import Loaded, Quantization, load_checkpoint
 from .masks import to_bool_mask
@@ -183,9 +178,12 @@ class PixelRefer:
         self.placement = loaded.placement
         self.quantization = loaded.quantization
         self.source = loaded.source
+        self.folder = loaded.folder
         self.specials = self._special_ids()
         self.eos_ids = eos_token_ids(self.generation_config, self.tokenizer)
         self._lock = threading.Lock()
+        self.engine: DecodeEngine = TransformersEngine(self.model, self.generation_config, self._lock)
+        """What decodes the LLM input (`pixelrefer.engines.build_engine` makes others); encoding stays here."""
 
     @classmethod
     def from_pretrained(
@@ -534,39 +532,39 @@ class PixelRefer:
             mark = time.perf_counter()
             embedded = self.embed(prepared, cache)
             timings["encode_s"] = time.perf_counter() - mark
-            processors = build_logits_processors(settings, self.generation_config)
-            embed_tokens = self.model.model.embed_tokens
-            text = TextStream(self.tokenizer)
-            ids: list[int] = []
-            first_logits = None
-            mark = time.perf_counter()
-            deadline = time.monotonic() + timeout_s if timeout_s else None
-            timed_out = False
-            steps = decode(
-                self.model,
-                lambda t: embed_tokens(t.to(embed_tokens.weight.device)),
+        # Only encoding holds the model lock: the engine decides how many answers decode at once.
+        text = TextStream(self.tokenizer)
+        ids: list[int] = []
+        first_logits = None
+        mark = time.perf_counter()
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        timed_out = False
+        steps = self.engine.decode(
+            DecodeRequest(
                 embedded.inputs_embeds,
-                settings=settings,
-                processors=processors,
-                eos_ids=self.eos_ids,
+                settings,
+                self.eos_ids,
                 prefix=prefix,
                 stop=stop,
                 deadline=deadline,
                 keep_first_logits=return_logits,
             )
-            try:
-                for step in steps:
-                    if not ids:
-                        timings["first_token_s"] = time.perf_counter() - start
-                    ids.append(step.token_id)
-                    if step.logits is not None:
-                        first_logits = step.logits
-                    piece = text.push(step.token_id)
-                    if piece:
-                        yield Chunk(piece)
-            except GenerationTimeout:
-                timed_out = True
-            timings["decode_s"] = time.perf_counter() - mark
+        )
+        try:
+            for step in steps:
+                if not ids:
+                    timings["first_token_s"] = time.perf_counter() - start
+                ids.append(step.token_id)
+                if step.logits is not None:
+                    first_logits = step.logits
+                piece = text.push(step.token_id)
+                if piece:
+                    yield Chunk(piece)
+        except GenerationTimeout:
+            timed_out = True
+        finally:
+            steps.close()
+        timings["decode_s"] = time.perf_counter() - mark
         timings["total_s"] = time.perf_counter() - start
         timings["reused_prefix_rows"] = float(prefix.reused_rows) if prefix is not None else 0.0
         if timed_out:

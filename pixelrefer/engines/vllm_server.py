@@ -1,0 +1,144 @@
+"""Starting and stopping a vLLM OpenAI-compatible server for an exported LLM, in vLLM's own venv.
+
+vLLM pins its own torch and transformers, so it runs from a separate interpreter: `$PIXELREFER_VLLM_PYTHON`,
+or the venv `bash .ci/vllm` builds (keyed by the hash of requirements-vllm.txt). The server takes prompt
+embeddings, decodes in the exported dtype, and runs the official repetition penalty (server_side/).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from pathlib import Path
+
+from .base import EngineUnavailable
+from .export import LlmExport, default_cache_dir
+
+__all__ = ["VllmServer", "find_vllm_python"]
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGINS = Path(__file__).resolve().parent / "server_side"
+START_TIMEOUT_S = 600.0
+
+
+def find_vllm_python() -> Path | None:
+    """The interpreter of vLLM's venv, or None when there is none."""
+    named = os.environ.get("PIXELREFER_VLLM_PYTHON")
+    if named:
+        return Path(named) if Path(named).is_file() else None
+    requirements = REPO / "requirements-vllm.txt"
+    if not requirements.is_file():
+        return None
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+    venv = default_cache_dir() / f"vllm-{digest}"
+    python = venv / "bin" / "python"
+    return python if python.is_file() and (venv / ".complete").is_file() else None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class VllmServer:
+    """A vLLM server process serving `export` on 127.0.0.1; `close()` (or interpreter exit) stops it.
+
+    `max_num_seqs` is how many answers it decodes at once; `kv_cache_gib` is the CPU KV-cache size (on a
+    GPU, `gpu_memory_utilization` is its share of the GPU, the rest being left to the vision tower).
+    """
+
+    def __init__(
+        self,
+        export: LlmExport,
+        *,
+        python: Path | None = None,
+        dtype: str = "float32",
+        max_model_len: int = 8192,
+        max_num_seqs: int = 16,
+        kv_cache_gib: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        python = python or find_vllm_python()
+        if python is None:
+            raise EngineUnavailable(
+                "vLLM is not installed: run `bash .ci/vllm` (builds its venv) or set PIXELREFER_VLLM_PYTHON"
+            )
+        self.export = export
+        self.max_num_seqs = max_num_seqs
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        logs = default_cache_dir() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log_path = logs / f"vllm-{self.port}.log"
+        command = [
+            str(python), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(export.folder), "--served-model-name", export.name,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--dtype", dtype, "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
+            "--enable-prompt-embeds", "--enable-prefix-caching", "--generation-config", "vllm",
+            "--logits-processors", "pixelrefer_penalty:GeneratedRepetitionPenalty",
+            "--enforce-eager", "--disable-uvicorn-access-log",
+            "--tensor-parallel-size", str(tensor_parallel_size),
+            "--gpu-memory-utilization", str(gpu_memory_utilization),
+            *extra_args,
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(PLUGINS),
+            "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+        }
+        env.pop("VIRTUAL_ENV", None)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        atexit.register(self.close)
+        self._wait_ready()
+
+    def _tail(self, lines: int = 12) -> str:
+        try:
+            with open(self.log_path, errors="replace") as log:
+                return "".join(deque(log, maxlen=lines)).strip()
+        except OSError:
+            return ""
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EngineUnavailable(f"The vLLM server exited while starting:\n{self._tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2) as response:
+                    served = [m["id"] for m in json.load(response)["data"]]
+                if self.export.name in served:
+                    return
+            except (urllib.error.URLError, OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.5)
+        self.close()
+        raise EngineUnavailable(f"The vLLM server did not start within {START_TIMEOUT_S:.0f} s")
+
+    def close(self) -> None:
+        """Stop the server and its engine-core process (they share the session this class started)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
