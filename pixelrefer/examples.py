@@ -19,7 +19,8 @@ from typing import Any, Literal, cast
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pixelrefer.limits import MediaRejected
+from pixelrefer.images import ImageError, check_image_file
+from pixelrefer.limits import MediaLimits, MediaRejected
 from pixelrefer.masks import load_mask_png
 from pixelrefer.video import probe_video
 
@@ -96,10 +97,9 @@ def _media(kind: str, path: Path, where: str) -> tuple[tuple[int, int], int]:
     """(width, height) and frame count of the example's image or clip."""
     if kind == "image":
         try:
-            with Image.open(path) as image:
-                return image.size, 1
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ExampleError(f"{where}: {path.name} is not a readable image ({exc})") from exc
+            return check_image_file(path, MediaLimits()), 1
+        except ImageError as exc:
+            raise ExampleError(f"{where}: {exc}") from exc
     try:
         info = probe_video(path)
     except MediaRejected as exc:
@@ -138,6 +138,7 @@ def _load_object(
             raise ExampleError(f"{where}: the mask of frame {frame} must be a path")
         path = _inside(folder, relative, where)
         try:
+            check_image_file(path, MediaLimits())
             mask = load_mask_png(path)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise ExampleError(f"{where}: {relative} is not a readable mask ({exc})") from exc

@@ -13,6 +13,8 @@ import io
 import os
 import re
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .limits import MediaLimits, MediaRejected, pixel_refusal
 
-__all__ = ["ImageError", "ImageInput", "load_image"]
+__all__ = ["ImageError", "ImageInput", "check_image_file", "load_image"]
 
 ImageInput = np.ndarray | torch.Tensor | Image.Image | str | os.PathLike | bytes
 
@@ -82,6 +84,71 @@ def _bomb_pixels(exc: Image.DecompressionBombError) -> int | None:
     return int(found.group(1)) if found else None
 
 
+@contextmanager
+def _checked_open(
+    source: str | os.PathLike | bytes, limits: MediaLimits | None, limit: int
+) -> Iterator[tuple[Image.Image, str]]:
+    """The open (not yet decoded) image of a file or bytes, after the size and header checks.
+
+    Errors inside the `with` body (decoding) are turned into `ImageError`s like those of opening.
+    """
+    if isinstance(source, bytes | bytearray):
+        handle: io.BytesIO | Path = io.BytesIO(source)
+        name = "the uploaded image"
+        size = len(source)
+    else:
+        handle = Path(source)
+        name = handle.name
+        if not handle.is_file():
+            raise ImageError(f"No such image file: {name}")
+        size = handle.stat().st_size
+    if size == 0:
+        raise ImageError(f"{name} is empty (0 bytes)")
+    if limits is not None:
+        try:
+            limits.check_upload_size(size, name)
+        except MediaRejected as exc:
+            raise ImageError(str(exc)) from None
+    try:
+        with Image.open(handle) as image:
+            refusal = pixel_refusal(f"{name} is", *image.size, limit)
+            if refusal:
+                raise ImageError(refusal)
+            yield image, name
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        declared = _bomb_pixels(exc)
+        claim = f"declares {declared:,} pixels" if declared else "declares more pixels than allowed"
+        ceiling = min(limit, 2 * (Image.MAX_IMAGE_PIXELS or limit))
+        raise ImageError(
+            f"{name} {claim}; the limit is {ceiling:,} pixels. It was refused unread (a decompression bomb?)."
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{name} is not an image that can be read: its contents are not in a known image format "
+            "(PNG, JPEG, WebP, GIF, BMP, TIFF)"
+        ) from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError, MemoryError) as exc:
+        raise ImageError(f"{name} could not be decoded: it may be truncated or corrupt") from exc
+
+
+def check_image_file(
+    source: str | os.PathLike | bytes,
+    limits: MediaLimits | None = None,
+    *,
+    max_pixels: int | None = None,
+) -> tuple[int, int]:
+    """Refuse an image file (or bytes) over the limits from its size and header alone; its (width, height).
+
+    The check `load_image` makes before decoding, for callers that hand the file on to another decoder
+    (Gradio's editor, a mask reader): nothing past the header is read.
+    """
+    limit = max_pixels if max_pixels is not None else (limits or MediaLimits()).max_pixels
+    with _checked_open(source, limits, limit) as (image, _):
+        return image.size
+
+
 def load_image(
     source: ImageInput,
     *,
@@ -90,10 +157,11 @@ def load_image(
 ) -> np.ndarray:
     """Any image (array, tensor, PIL image, path or bytes) as RGB uint8 (H, W, 3).
 
-    Files and bytes are checked before their pixels are decoded: the upload size (when `limits` are given),
-    then the size the header declares against `max_pixels` (default `limits.max_pixels`, else
-    `DEFAULT_MAX_PIXELS`), so a decompression bomb costs a header read. Refusals are `ImageError`s that
-    name the file by its base name only (messages reach visitors; server paths must not).
+    Files and bytes are checked before their pixels are decoded (see `check_image_file`): the upload size
+    (when `limits` are given), then the size the header declares against `max_pixels` (default
+    `limits.max_pixels`, else `DEFAULT_MAX_PIXELS`), so a decompression bomb costs a header read.
+    Refusals are `ImageError`s that name the file by its base name only (messages reach visitors; server
+    paths must not).
     """
     limit = max_pixels if max_pixels is not None else (limits or MediaLimits()).max_pixels
     if isinstance(source, torch.Tensor):
@@ -105,46 +173,9 @@ def load_image(
     elif isinstance(source, Image.Image):
         result = _from_pil(source)
     else:
-        if isinstance(source, bytes | bytearray):
-            handle: io.BytesIO | Path = io.BytesIO(source)
-            name = "the uploaded image"
-            size = len(source)
-        else:
-            handle = Path(source)
-            name = handle.name
-            if not handle.is_file():
-                raise ImageError(f"No such image file: {name}")
-            size = handle.stat().st_size
-        if size == 0:
-            raise ImageError(f"{name} is empty (0 bytes)")
-        if limits is not None:
-            try:
-                limits.check_upload_size(size, name)
-            except MediaRejected as exc:
-                raise ImageError(str(exc)) from None
-        try:
-            with Image.open(handle) as image:
-                refusal = pixel_refusal(f"{name} is", *image.size, limit)
-                if refusal:
-                    raise ImageError(refusal)
-                image.load()
-                result = _from_pil(image)
-        except ImageError:
-            raise
-        except Image.DecompressionBombError as exc:
-            declared = _bomb_pixels(exc)
-            claim = f"declares {declared:,} pixels" if declared else "declares more pixels than allowed"
-            ceiling = min(limit, 2 * (Image.MAX_IMAGE_PIXELS or limit))
-            raise ImageError(
-                f"{name} {claim}; the limit is {ceiling:,} pixels. It was refused unread (a decompression bomb?)."
-            ) from None
-        except UnidentifiedImageError:
-            raise ImageError(
-                f"{name} is not an image that can be read: its contents are not in a known image format "
-                "(PNG, JPEG, WebP, GIF, BMP, TIFF)"
-            ) from None
-        except (OSError, SyntaxError, ValueError, struct.error, EOFError, MemoryError) as exc:
-            raise ImageError(f"{name} could not be decoded: it may be truncated or corrupt") from exc
+        with _checked_open(source, limits, limit) as (image, _):
+            image.load()
+            result = _from_pil(image)
     refusal = pixel_refusal("The image is", result.shape[1], result.shape[0], limit)
     if refusal:
         raise ImageError(refusal)

@@ -47,6 +47,8 @@ class MediaLimits:
 
     `max_pixels` bounds an image, or one frame of a clip, as its header declares it: anything larger is
     refused before a byte of pixel data is decoded (PIL's own decompression-bomb check only fires far later).
+    Listing a clip's frames (before the duration cap applies) stops after `max_scan_packets` packets or
+    `max_scan_s` seconds, so a file of millions of tiny packets costs a bounded scan, not the whole file.
     """
 
     max_upload_mb: float = 200.0
@@ -54,6 +56,8 @@ class MediaLimits:
     max_side: int = 1920
     max_frames: int = 768
     max_pixels: int = 50_000_000
+    max_scan_packets: int = 30_000
+    max_scan_s: float = 10.0
 
     def describe(self) -> str:
         """One line for the UI, next to the upload box."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 from moviepy.config import FFMPEG_BINARY
-from moviepy.video.io.ffmpeg_reader import ffmpeg_parse_infos
+from moviepy.video.io.ffmpeg_reader import FFmpegInfosParser
 from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
 from PIL import Image
 
@@ -67,6 +68,9 @@ class VideoInfo:
     duration: float
     start_time: float
     file_size: int
+    complete: bool = True
+    """False when the packet scan stopped at its budget: `n_frames` counts the frames scanned, `duration` is
+    at least the container's own figure."""
 
 
 @dataclass(frozen=True)
@@ -90,45 +94,132 @@ class Clip:
         return width, height
 
 
-def _packet_count_and_rate(path: Path) -> tuple[int, Fraction | None]:
+_CONTAINERS = "MP4/MOV, Matroska/WebM, AVI, Ogg, GIF or MPEG-TS"
+"""What `_demuxer` accepts, in words for messages."""
+
+_STILLS = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+_SOUNDS = (b"ID3", b"fLaC", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")
+_MOV_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
+_TS_PACKET = 188
+
+
+def _is_mpegts(head: bytes) -> bool:
+    """Three sync bytes one transport packet apart (188-byte packets, or 192 with a 4-byte time code)."""
+    for first, step in ((0, _TS_PACKET), (4, _TS_PACKET + 4)):
+        offsets = range(first, first + 3 * step, step)
+        if len(head) > offsets[-1] and all(head[k] == 0x47 for k in offsets):
+            return True
+    return False
+
+
+def _demuxer(path: Path) -> str:
+    """The one ffmpeg demuxer a clip is opened with, chosen from the file's first bytes, never its name.
+
+    Only plain single-file containers are accepted: a playlist (HLS, concat) or any format that names
+    other files or URLs is refused with the same message whatever it points to, so an upload can neither
+    read a server file nor tell which ones exist. A still image gets its own message.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(1024)
+    if head[4:8] in _MOV_BOXES:
+        return "mov"
+    if head[:4] == b"\x1aE\xdf\xa3":
+        return "matroska"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:4] == b"OggS":
+        return "ogg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if _is_mpegts(head):
+        return "mpegts"
+    kind = next((kind for magic, kind in _STILLS.items() if head.startswith(magic)), None)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WEBP"
+    if kind:
+        raise MediaRejected(
+            f"{path.name} is a still image ({kind}), not a video: open it as an image instead"
+        )
+    if head.startswith(_SOUNDS) or (head[:4] == b"RIFF" and head[8:12] == b"WAVE"):
+        raise MediaRejected(f"{path.name} has no video stream (only audio)")
+    raise MediaRejected(
+        f"{path.name} could not be read as a video (it is not an {_CONTAINERS} file; playlists and "
+        "files that refer to other files are refused)"
+    )
+
+
+def _input(path: Path, demuxer: str) -> list[str]:
+    """ffmpeg's input arguments for one uploaded file: its demuxer forced, only the `file` protocol, and
+    no external references (MOV's `dref` boxes), so ffmpeg opens this one path and nothing else."""
+    options = ["-enable_drefs", "0"] if demuxer == "mov" else []
+    return ["-protocol_whitelist", "file", "-f", demuxer, *options, "-i", f"file:{path.resolve()}"]
+
+
+@dataclass(frozen=True)
+class _Scan:
+    count: int
+    rate: Fraction | None
+    complete: bool
+    timed_out: bool
+
+
+def _scan_packets(path: Path, demuxer: str, limits: MediaLimits) -> _Scan:
     """Count the video packets and read the exact frame rate from their durations (no decoding).
 
-    A file cut short lists the packets it still holds; ffmpeg's complaints about the missing rest do not
-    make it unreadable, so only an empty listing is an error (raised by the caller).
+    The listing is read as it streams and stops at `limits.max_scan_packets` packets or after
+    `limits.max_scan_s` seconds, so a file of millions of tiny packets costs a bounded scan. A file cut
+    short lists the packets it still holds; ffmpeg's complaints about the missing rest do not make it
+    unreadable, so only an empty listing is an error (raised by the caller).
     """
-    command = [FFMPEG_BINARY, "-hide_banner", "-loglevel", "error", "-i", str(path)]
-    command += ["-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"]
-    listing = subprocess.run(command, capture_output=True, text=True, check=False)
+    command = [FFMPEG_BINARY, "-hide_banner", "-nostdin", "-loglevel", "error", *_input(path, demuxer)]
+    command += ["-map", "0:v:0", "-c", "copy", "-frames:v", str(limits.max_scan_packets + 1)]
+    command += ["-f", "framecrc", "-"]
     time_base = None
     durations: Counter[int] = Counter()
     count = 0
-    for line in listing.stdout.splitlines():
-        if line.startswith("#tb 0:"):
-            time_base = Fraction(line.split(":", 1)[1].strip())
-        elif line and not line.startswith("#"):
-            fields = [field.strip() for field in line.split(",")]
-            if fields[0] == "0":
-                count += 1
-                durations[int(fields[3])] += 1
+    complete = True
+    timed_out = threading.Event()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as lister:
+        assert lister.stdout is not None
+        timer = threading.Timer(limits.max_scan_s, lambda: (timed_out.set(), lister.kill()))
+        timer.start()
+        try:
+            for line in lister.stdout:
+                if line.startswith("#tb 0:"):
+                    time_base = Fraction(line.split(":", 1)[1].strip())
+                elif line.strip() and not line.startswith("#"):
+                    fields = [field.strip() for field in line.split(",")]
+                    if fields[0] == "0":
+                        if count == limits.max_scan_packets:
+                            complete = False
+                            break
+                        count += 1
+                        durations[int(fields[3])] += 1
+        finally:
+            timer.cancel()
+            lister.kill()
     typical = durations.most_common(1)[0][0] if durations else 0
     rate = 1 / (typical * time_base) if time_base and typical > 0 else None
-    return count, rate
+    return _Scan(count, rate, complete and not timed_out.is_set(), timed_out.is_set())
 
 
-_STILL_FORMATS = re.compile(r"^(?:image2|\w+_pipe)$")
-"""ffmpeg demuxers of single images (`jpeg_pipe`, `png_pipe`, `image2`, ...): a photo with a video's name."""
-
-
-def _container(path: Path) -> tuple[str | None, str]:
-    """ffmpeg's reading of a file without decoding it: (demuxer name or None if unreadable, its report).
+def _container(path: Path, demuxer: str) -> tuple[bool, str]:
+    """ffmpeg's reading of a file without decoding it: (whether it opened, its report).
 
     The report names the file by its base name only, since parts of it end up in messages to visitors.
     """
-    command = [FFMPEG_BINARY, "-hide_banner", "-nostdin", "-i", str(path)]
+    command = [FFMPEG_BINARY, "-hide_banner", "-nostdin", *_input(path, demuxer)]
     report = subprocess.run(command, capture_output=True, text=True, check=False).stderr
-    report = report.replace(str(path), path.name)
-    found = re.search(r"^Input #0, (\S+?), from", report, flags=re.MULTILINE)
-    return (found.group(1) if found else None), report
+    for spelling in (f"file:{path.resolve()}", str(path.resolve()), str(path)):
+        report = report.replace(spelling, path.name)
+    opened = re.search(r"^Input #0, \S+?, from", report, flags=re.MULTILINE) is not None
+    return opened, report
 
 
 def _unreadable(name: str, report: str) -> MediaRejected:
@@ -136,16 +227,33 @@ def _unreadable(name: str, report: str) -> MediaRejected:
     lines = [line.strip() for line in report.splitlines() if line.strip()]
     reasons = [line for line in lines if "output file" not in line.lower()]
     reason = reasons[-1] if reasons else "not a known video format"
-    reason = reason.split(": ", 1)[1] if reason.startswith(f"{name}: ") else reason
+    for prefix in (f"file:{name}: ", f"{name}: "):
+        reason = reason.removeprefix(prefix)
     return MediaRejected(f"{name} could not be read as a video ({reason[:200]})")
+
+
+def _stream_infos(name: str, report: str) -> dict[str, Any]:
+    """moviepy's reading of ffmpeg's report (size, rotation, rate, start), from our own restricted run."""
+    try:
+        return FFmpegInfosParser(report, name).parse()
+    except (OSError, IndexError, ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise _unreadable(name, report) from exc
+
+
+def _upright_size(infos: Mapping[str, Any]) -> tuple[int, int]:
+    width, height = infos["video_size"]
+    if abs(infos.get("video_rotation", 0)) in (90, 270):
+        width, height = height, width
+    return int(width), int(height)
 
 
 def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> VideoInfo:
     """Read a video file's metadata, refusing what cannot be a usable clip, before any frame is decoded.
 
-    Refused, each with its own message: a missing or empty file, a file over the upload size, one ffmpeg
-    cannot read, a still image, a file without a video stream, frames over the pixel limit, and a video
-    stream without readable frames. Messages name the file by its base name only.
+    Refused, each with its own message: a missing or empty file, a file over the upload size, one whose
+    bytes are not an accepted container (playlists included, see `_demuxer`), a still image, one ffmpeg
+    cannot read, a file without a video stream, frames over the pixel limit, and a video stream without
+    readable frames. Messages name the file by its base name only.
     """
     limits = limits or MediaLimits()
     source = Path(path)
@@ -156,43 +264,44 @@ def probe_video(path: str | os.PathLike, limits: MediaLimits | None = None) -> V
     if file_size == 0:
         raise MediaRejected(f"{name} is empty (0 bytes)")
     limits.check_upload_size(file_size, name)
-    demuxer, report = _container(source)
-    if demuxer is None:
+    demuxer = _demuxer(source)
+    opened, report = _container(source, demuxer)
+    if not opened:
         raise _unreadable(name, report)
-    if _STILL_FORMATS.match(demuxer):
-        kind = demuxer.removesuffix("_pipe").upper()
-        raise MediaRejected(f"{name} is a still image ({kind}), not a video: open it as an image instead")
     if not re.search(r"Stream #\S+.*: Video:", report):
         others = sorted(set(re.findall(r"Stream #\S+.*?: (Audio|Subtitle|Data|Attachment):", report)))
         held = f"only {' and '.join(kind.lower() for kind in others)}" if others else "no streams at all"
         raise MediaRejected(f"{name} has no video stream ({held})")
-    try:
-        infos = ffmpeg_parse_infos(str(source))
-    except (OSError, IndexError, ValueError, KeyError) as exc:
-        raise _unreadable(name, report) from exc
+    infos = _stream_infos(name, report)
     if not infos.get("video_found") or not infos.get("video_size"):
         raise MediaRejected(f"{name} has no video stream that can be read")
-    width, height = infos["video_size"]
-    if abs(infos.get("video_rotation", 0)) in (90, 270):
-        width, height = height, width
-    limits.check_pixels(int(width), int(height), f"The frames of {name} are")
-    count, rate = _packet_count_and_rate(source)
-    if count == 0:
+    width, height = _upright_size(infos)
+    limits.check_pixels(width, height, f"The frames of {name} are")
+    scan = _scan_packets(source, demuxer, limits)
+    if scan.count == 0:
+        if scan.timed_out:
+            raise MediaRejected(
+                f"{name} could not be read as a video (listing its frames took over {limits.max_scan_s:g} s)"
+            )
         raise MediaRejected(
             f"{name} has a video stream without any readable frames: it may be truncated or corrupt"
         )
-    fps = float(rate) if rate else float(infos.get("video_fps") or 0.0)
+    fps = float(scan.rate) if scan.rate else float(infos.get("video_fps") or 0.0)
     if not fps > 0:
         raise MediaRejected(f"{name} does not say its frame rate, so its frames cannot be timed")
+    duration = scan.count / fps
+    if not scan.complete:
+        duration = max(duration, float(infos.get("duration") or 0.0))
     return VideoInfo(
         path=source,
-        width=int(width),
-        height=int(height),
+        width=width,
+        height=height,
         fps=fps,
-        n_frames=count,
-        duration=count / fps,
+        n_frames=scan.count,
+        duration=duration,
         start_time=float(infos.get("start") or 0.0),
         file_size=file_size,
+        complete=scan.complete,
     )
 
 
@@ -207,7 +316,8 @@ def read_frames(
     Decodes once from the start up to the last index; `size` (width, height) resizes in ffmpeg. Frame `i`
     is the i-th frame the decoder presents, one per packet (`-fps_mode passthrough`): a variable-rate clip
     is neither padded nor thinned to a constant rate, so indices mean what `probe_video` counted. A frame
-    that cannot be decoded (a file cut short) is a `MediaRejected`, never a silently repeated frame.
+    that cannot be decoded (a file cut short) is a `MediaRejected`, never a silently repeated frame. The
+    file is opened as `probe_video` opens it: by its bytes' container, reading that one file only.
     """
     indices = list(indices)
     if not indices:
@@ -215,16 +325,16 @@ def read_frames(
     if min(indices) < 0:
         raise ValueError("Frame indices are never negative")
     source = Path(path)
+    demuxer = _demuxer(source)
     if size is None:
-        infos = ffmpeg_parse_infos(str(source))
-        width, height = infos["video_size"]
-        if abs(infos.get("video_rotation", 0)) in (90, 270):
-            width, height = height, width
-        size = (int(width), int(height))
+        opened, report = _container(source, demuxer)
+        if not opened:
+            raise _unreadable(source.name, report)
+        size = _upright_size(_stream_infos(source.name, report))
     width, height = size
     wanted = set(indices)
     last = max(indices)
-    command = [FFMPEG_BINARY, "-nostdin", "-loglevel", "error", "-i", str(source), "-map", "0:v:0"]
+    command = [FFMPEG_BINARY, "-nostdin", "-loglevel", "error", *_input(source, demuxer), "-map", "0:v:0"]
     command += ["-frames:v", str(last + 1), "-fps_mode", "passthrough", "-vf", f"scale={width}:{height}"]
     command += ["-sws_flags", "bicubic", "-pix_fmt", "rgb24", "-f", "rawvideo", "-"]
     frame_bytes = width * height * 3
@@ -291,12 +401,19 @@ def load_clip(
     info = probe_video(path, limits)
     notes: list[str] = []
     n_frames = info.n_frames
+    total = (
+        f"{info.n_frames}"
+        if info.complete
+        else f"about {max(info.n_frames, round(info.duration * info.fps))}"
+    )
     if info.duration > limits.max_duration_s:
-        n_frames = max(1, int(limits.max_duration_s * info.fps))
+        n_frames = min(n_frames, max(1, int(limits.max_duration_s * info.fps)))
         notes.append(
             f"Only the first {limits.max_duration_s:g} s of this {info.duration:.1f} s clip were kept "
-            f"(frames 0-{n_frames - 1} of {info.n_frames})."
+            f"(frames 0-{n_frames - 1} of {total})."
         )
+    elif not info.complete:
+        notes.append(f"Only the first {n_frames} frames of this clip ({total} frames) were read.")
     cap = min(max_frames, limits.max_frames)
     size = limits.fit_size(info.width, info.height)
     if size != (info.width, info.height):
