@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from pixelrefer.images import ImageError, check_image_file
 from pixelrefer.limits import MediaLimits, MediaRejected
