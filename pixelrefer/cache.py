@@ -8,6 +8,7 @@ never hit a stale entry and an unchanged one is never recomputed.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -45,34 +46,41 @@ def _nbytes(value: object) -> int:
 
 
 class FeatureCache:
-    """A least-recently-used store of encoded features, bounded in bytes."""
+    """A least-recently-used store of encoded features, bounded in bytes.
+
+    Locked, because the precompute worker (`pixelrefer.warmup`) reads and fills it from its own thread.
+    """
 
     def __init__(self, max_bytes: int = 1 << 30) -> None:
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
         self.nbytes = 0
 
     def get(self, key: str) -> object | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
 
     def put(self, key: str, value: object) -> None:
         size = _nbytes(value)
         if size > self.max_bytes:
             return
-        if key in self._items:
-            self.nbytes -= _nbytes(self._items.pop(key))
-        self._items[key] = value
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, dropped = self._items.popitem(last=False)
-            self.nbytes -= _nbytes(dropped)
+        with self._lock:
+            if key in self._items:
+                self.nbytes -= _nbytes(self._items.pop(key))
+            self._items[key] = value
+            self.nbytes += size
+            while self.nbytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self.nbytes -= _nbytes(dropped)
 
     def clear(self) -> None:
-        self._items.clear()
-        self.nbytes = 0
+        with self._lock:
+            self._items.clear()
+            self.nbytes = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -116,6 +124,27 @@ class PrefixCache:
     def store(self, cache: DynamicCache, rows: torch.Tensor) -> None:
         self.cache = cache
         self.rows = rows
+
+    def copy(self) -> PrefixCache:
+        """An independent copy (new tensors), which a background prefill can extend while this one is used."""
+        if self.cache is None or self.rows is None:
+            return PrefixCache()
+        cache = DynamicCache()
+        for index, layer in enumerate(self.cache.layers):
+            cache.update(layer.keys.clone(), layer.values.clone(), index)
+        return PrefixCache(cache, self.rows.clone())
+
+    def fill(self, lm: torch.nn.Module, embeds: torch.Tensor) -> int:
+        """Run `lm` over the rows of `embeds` (1, L, D) not already cached and keep them; returns how many ran.
+
+        This is the KV-prefix step of a warm-up: the same forward as the first step of `decode`, without
+        the logits, so the next prompt that starts with these rows only prefills its own.
+        """
+        cache, start = self.take(embeds)
+        with torch.inference_mode():
+            lm.model(inputs_embeds=embeds[:, start:], cache=cache, use_cache=True)
+        self.store(cache, embeds[0, : cache.get_seq_length()].clone())
+        return len(embeds[0]) - start
 
     @property
     def nbytes(self) -> int:

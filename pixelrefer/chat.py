@@ -39,6 +39,7 @@ from .inference import PixelRefer, Prepared, Video, frame_mask
 from .limits import ChatLimits
 from .processing import ObjectRef, Piece, Turn
 from .video import Clip
+from .warmup import WarmPlan, WarmReport, warm_up
 
 __all__ = ["ChatLimits", "ChatObject", "ChatSession", "Exchange", "Reply", "parse_question"]
 
@@ -178,6 +179,8 @@ class ChatSession:
         self._next_color = 0
         self._stop = threading.Event()
         self.last_prepared: Prepared | None = None
+        self.version = 0
+        self.version_lock = threading.Lock()
 
     @property
     def modality(self) -> Literal["image", "video"]:
@@ -219,6 +222,7 @@ class ChatSession:
         self._next_id += 1
         self._next_color += 1
         self.objects.append(obj)
+        self._changed()
         return obj
 
     def replace_object(
@@ -232,6 +236,7 @@ class ChatSession:
         obj = self.get(object_id)
         obj.masks = self._check_masks(masks)
         obj.marked_frames = tuple(marked_frames)
+        self._changed()
         return obj
 
     def rename_object(self, object_id: int, name: str) -> None:
@@ -240,9 +245,15 @@ class ChatSession:
     def remove_object(self, object_id: int) -> None:
         """Forget an object. The history is cleared: the labels of later objects shift."""
         obj = self.get(object_id)
+        self._changed()
         self.objects.remove(obj)
         self.history.clear()
         self.prefix_cache.clear()
+
+    def _changed(self) -> None:
+        """The next prompt changed: a warm-up planned before now stops and stores nothing."""
+        with self.version_lock:
+            self.version += 1
 
     def get(self, object_id: int) -> ChatObject:
         for obj in self.objects:
@@ -367,6 +378,25 @@ class ChatSession:
         self.limits.check_prompt(prepared.lm_length, exchange.settings.max_new_tokens, context)
         return prepared
 
+    # ------------------------------------------------------------------ warming up
+
+    def warm_plan(self) -> WarmPlan | None:
+        """What the next answer's prompt starts with: the conversation so far and a new question turn
+        (declaring the objects when it is the first); None when there is nothing to precompute."""
+        if not self.caching or (not self.objects and self.model.variant == "lite"):
+            return None
+        pending = Exchange("ask", "", (), [], "", "", GenerationSettings())
+        turns = self._turns(pending) if self.objects else [Turn("user", ())]
+        regions = self._regions()
+        return WarmPlan(self.version, turns, regions, self._media(regions), pending.settings.seed)
+
+    def warm(self) -> WarmReport:
+        """Precompute now, on this thread, what the next answer needs (features, object tokens, the
+        prompt prefix's KV cache) into this session's caches; the answer is the same, only sooner.
+        The app runs this in the background instead (`pixelrefer.warmup.Warmer`)."""
+        plan = self.warm_plan()
+        return warm_up(self, plan) if plan is not None else WarmReport(reason="nothing to precompute")
+
     def _admit(self, settings: GenerationSettings) -> None:
         """The checks a new answer must pass before anything is computed (limits that do not need the prompt)."""
         self.limits.check_new_tokens(settings.max_new_tokens)
@@ -406,6 +436,7 @@ class ChatSession:
             "total_s": prepare_s + result.timings["total_s"],
         }
         self.history.append(exchange)
+        self._changed()
         yield Reply(text + mapper.flush(), done=True, exchange=exchange)
 
     def ask(self, question: str, settings: GenerationSettings | None = None) -> Iterator[Reply]:
@@ -437,6 +468,7 @@ class ChatSession:
         settings = settings or self.history[-1].settings
         self.limits.check_new_tokens(settings.max_new_tokens)
         last = self.history.pop()
+        self._changed()
         exchange = replace(last, answer_ids=[], answer="", finish_reason="", settings=settings)
         return self._run(exchange)
 
@@ -446,6 +478,7 @@ class ChatSession:
 
     def clear(self) -> None:
         """Forget the conversation, keep the objects and the encoded features."""
+        self._changed()
         self.history.clear()
         self.prefix_cache.clear()
 

@@ -29,7 +29,7 @@ from .redact import scrub
 from .segment import Segmenter, load_segmenter
 from .synthetic import RELEASES, TINY, build_checkpoint, config_for
 
-__all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "DEFAULT_MODEL"]
+__all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "SwitchRefused", "DEFAULT_MODEL"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ def _limit_value(name: str, text: str, default: object) -> object:
     return float(text)
 
 
+def _enabled(text: str | int) -> bool:
+    """An on/off environment variable: 1, true, yes or on enable it."""
+    return str(text).strip().lower() in {"1", "true", "yes", "on"}
+
+
 @dataclass(frozen=True)
 class AppSettings:
     """Everything an operator can set, from the command line or (for a Space) environment variables.
@@ -62,6 +67,8 @@ class AppSettings:
     overrides `chat.max_new_tokens`, so the two are one setting), `concurrency` and `queue_size` (the model
     queue), `max_sessions` and `session_ttl_s` (visitor workspaces kept in memory). Each has a flag and an
     environment variable (`--max-objects` / `PIXELREFER_MAX_OBJECTS`); the README's Limits table lists them.
+    What a visitor could otherwise do to everyone is off unless the operator enables it: switching the model
+    (`--allow-model-switch`) and Gradio's traffic dashboard (`--monitoring`).
     """
 
     model: str = DEFAULT_MODEL
@@ -79,6 +86,8 @@ class AppSettings:
     max_new_tokens: int = 512
     max_sessions: int = 64
     session_ttl_s: float = 1800.0
+    allow_model_switch: bool = False
+    monitoring: bool = False
 
     def __post_init__(self) -> None:
         if self.chat.max_new_tokens != self.max_new_tokens:
@@ -125,6 +134,19 @@ class AppSettings:
         parser.add_argument("--port", type=int, default=int(default("port", base.port)))
         parser.add_argument("--concurrency", type=int, default=int(default("concurrency", base.concurrency)))
         parser.add_argument("--queue-size", type=int, default=int(default("queue_size", base.queue_size)))
+        operator = parser.add_argument_group("what visitors may do (off unless the operator enables it)")
+        operator.add_argument(
+            "--allow-model-switch",
+            action="store_true",
+            default=_enabled(default("allow_model_switch", "")),
+            help="let visitors load another checkpoint for everyone from the Model panel",
+        )
+        operator.add_argument(
+            "--monitoring",
+            action="store_true",
+            default=_enabled(default("monitoring", "")),
+            help="serve Gradio's /monitoring dashboard and summary",
+        )
         limits = parser.add_argument_group("limits (see the README's Limits table)")
         groups = {"media": base.media, "chat": base.chat, "": base}
         flags: dict[str, tuple[str, str]] = {}
@@ -169,6 +191,8 @@ class AppSettings:
             port=args.port,
             concurrency=max(1, args.concurrency),
             queue_size=max(1, args.queue_size),
+            allow_model_switch=args.allow_model_switch,
+            monitoring=args.monitoring,
             media=replace(base.media, **values["media"]),
             chat=replace(base.chat, **values["chat"], max_new_tokens=values[""]["max_new_tokens"]),
             **values[""],
@@ -190,6 +214,10 @@ def _release_estimate(source: str, dtype: torch.dtype, quantization: str | None)
     return estimate_weight_bytes(config_for(variant, shape), dtype, quantization) / GIB
 
 
+class SwitchRefused(ValueError):
+    """A visitor asked to switch the model on a server whose operator did not allow it."""
+
+
 class Service:
     """The shared part of the app: one model at a time (swappable), one segmenter, the preview fallback."""
 
@@ -204,8 +232,27 @@ class Service:
         self._preview_paths: dict[str, Path] = {}
         self._estimates: dict[str, float] = {}
         self.started_s = 0.0
+        self.generation = 0
+        """Counts the model switches, so that every page can tell its panel and banner are out of date."""
 
     # ------------------------------------------------------------------ loading
+
+    def switch(self, source: str) -> PixelRefer:
+        """A visitor's request to serve `source` for everyone: refused unless the operator allowed it.
+
+        Every workspace follows on its next event (`Workspace.sync_model`: objects kept, chat restarted) and
+        every page's panel and banner on their next refresh, which `generation` tells is due.
+        """
+        if not self.settings.allow_model_switch:
+            raise SwitchRefused(
+                "Switching the model is disabled on this server: whoever runs the app chooses it "
+                "(python app.py --model ..., or --allow-model-switch to let visitors switch)."
+            )
+        before = self.model
+        model = self.load(source)
+        if model is not before:
+            self.generation += 1
+        return model
 
     def start(self) -> Service:
         """Load the configured model (or the preview) and the segmenter."""

@@ -1,0 +1,348 @@
+"""Precompute while the visitor marks: the next answer's features, object tokens and prompt-prefix KV cache.
+
+A visitor spends seconds marking before typing. Each change of the media or the objects schedules a job
+(one per workspace, the newest replacing a waiting one) for a single daemon worker owned by the Service.
+The job computes what the next answer's prompt starts with (the vision features, each object's tokens,
+the KV cache of the conversation up to the question) into the chat session's own caches, so the question
+only prefills its own tokens.
+
+It never competes with a visitor: a `Gate` counts the model events in flight (answers, tracking, clicks)
+and the worker waits at every layer of the networks while any runs. A job whose session changed since it
+was planned (`ChatSession.version`) stops at the next layer and stores nothing. Both caches check content
+(feature keys are digests, prefix rows are compared), so even a late result could never be wrong, only
+wasted. It is not a Gradio event, so it does not count against the model queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+from torch import nn
+
+from .cache import FeatureCache, PrefixCache
+from .engines.transformers_engine import TransformersEngine
+from .inference import Embedded, PixelRefer
+from .processing import Turn
+
+if TYPE_CHECKING:
+    from .chat import ChatSession
+
+__all__ = ["Cancelled", "Gate", "WarmPlan", "WarmReport", "Warmer", "prefill", "warm_up"]
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Cancelled(Exception):
+    """The session changed or closed while its warm-up ran; the work is dropped."""
+
+
+class Gate:
+    """The model events in flight; background work runs only while there are none.
+
+    Model events enter with `event()` (or `hold()` for a streamed answer). The worker waits for the gate
+    to be idle at every layer (`wait_idle`), and stores its results in `exclusive()`, which an event
+    entering meanwhile waits for (a few dictionary and tensor-reference updates).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._events = 0
+        self._exclusive = False
+
+    @contextmanager
+    def event(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._events += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._events -= 1
+                self._cond.notify_all()
+
+    def hold(self, items: Iterable[T]) -> Iterator[T]:
+        """Iterate `items` as one model event: an answer is in flight for as long as it streams."""
+        with self.event():
+            yield from items
+
+    @property
+    def busy(self) -> bool:
+        return self._events > 0
+
+    def wait_idle(self, alive: Callable[[], bool]) -> None:
+        """Return once no event runs; raise `Cancelled` as soon as `alive()` turns false."""
+        with self._cond:
+            while self._events and alive():
+                self._cond.wait(0.05)
+        if not alive():
+            raise Cancelled
+
+    @contextmanager
+    def exclusive(self, alive: Callable[[], bool]) -> Iterator[None]:
+        with self._cond:
+            while self._events and alive():
+                self._cond.wait(0.05)
+            if not alive():
+                raise Cancelled
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+@dataclass
+class WarmPlan:
+    """What the next answer's prompt will start with, taken on the visitor's thread when the marks changed."""
+
+    version: int
+    turns: list[Turn]
+    regions: list[dict[int, np.ndarray]]
+    media: dict
+    seed: int
+
+
+@dataclass
+class WarmReport:
+    """What a warm-up did: `stored` is false when it was dropped, skipped or failed (`reason` says why)."""
+
+    stored: bool = False
+    reason: str = ""
+    prompt_rows: int = 0
+    prefilled_rows: int | None = 0
+    seconds: float = 0.0
+    paused_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Staging(FeatureCache):
+    """Features computed by a warm-up: read through to the session's cache, kept aside until committed."""
+
+    def __init__(self, shared: FeatureCache) -> None:
+        super().__init__(shared.max_bytes)
+        self._shared = shared
+
+    def get(self, key: str) -> object | None:
+        value = super().get(key)
+        return value if value is not None else self._shared.get(key)
+
+    def commit(self) -> None:
+        for key, value in self._items.items():
+            self._shared.put(key, value)
+
+
+def prefill(model: PixelRefer, embedded: Embedded, prefix: PrefixCache) -> int | None:
+    """The KV-prefix step of the decode path: the rows it computed, or None when it was skipped.
+
+    An engine that keeps a prefix cache warms it with its own `warm_prefix(inputs_embeds, prefix)`
+    (a serving engine would send the rows as a one-token request). The in-process transformers engine
+    fills `prefix` (`PrefixCache.fill`, its first decoding step without the logits). Any other engine is
+    skipped: the warm-up then precomputes only the embeddings.
+    """
+    engine = model.engine
+    warm = getattr(engine, "warm_prefix", None)
+    if warm is not None:
+        return warm(embedded.inputs_embeds, prefix)
+    if isinstance(engine, TransformersEngine):
+        return prefix.fill(model.model, embedded.inputs_embeds)
+    return None
+
+
+_running = threading.local()
+_hooked: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def _pause_point(module: nn.Module, args: object) -> None:
+    job = getattr(_running, "job", None)
+    if job is not None:
+        job.checkpoint()
+
+
+def install_pause_points(model: PixelRefer) -> None:
+    """A forward pre-hook on every layer of the networks (each ModuleList's items), where a warm-up running
+    on this thread waits while a model event runs; on any other thread the hook returns at once."""
+    network = model.model
+    if network in _hooked:
+        return
+    for module in network.modules():
+        if isinstance(module, nn.ModuleList):
+            for layer in module:
+                layer.register_forward_pre_hook(_pause_point)
+    _hooked.add(network)
+
+
+class _Job:
+    def __init__(self, session: ChatSession, plan: WarmPlan, gate: Gate | None) -> None:
+        self.session = session
+        self.plan = plan
+        self.gate = gate
+        self.cancelled = threading.Event()
+        self.paused_s = 0.0
+
+    def alive(self) -> bool:
+        return not self.cancelled.is_set() and self.session.version == self.plan.version
+
+    def checkpoint(self) -> None:
+        if self.gate is not None and self.gate.busy:
+            began = time.perf_counter()
+            self.gate.wait_idle(self.alive)
+            self.paused_s += time.perf_counter() - began
+        if not self.alive():
+            raise Cancelled
+
+    def exclusive(self):
+        return self.gate.exclusive(self.alive) if self.gate is not None else nullcontext()
+
+    def run(self) -> WarmReport:
+        began = time.perf_counter()
+        _running.job = self
+        try:
+            report = self._run()
+        except Cancelled:
+            report = WarmReport(reason="cancelled: the objects or the conversation changed")
+        finally:
+            _running.job = None
+        report.seconds = time.perf_counter() - began
+        report.paused_s = self.paused_s
+        return report
+
+    def _run(self) -> WarmReport:
+        session, plan, model = self.session, self.plan, self.session.model
+        install_pause_points(model)
+        timings: dict[str, float] = {}
+        self.checkpoint()
+        mark = time.perf_counter()
+        try:
+            prepared = model.prepare(turns=plan.turns, regions=plan.regions, seed=plan.seed, **plan.media)
+            context = int(getattr(model.config, "max_position_embeddings", 32768))
+            session.limits.check_prompt(prepared.lm_length, 1, context)
+        except ValueError as exc:
+            return WarmReport(reason=f"skipped: {exc}")
+        timings["prepare_s"] = time.perf_counter() - mark
+        self.checkpoint()
+        mark = time.perf_counter()
+        staging = _Staging(session.feature_cache)
+        embedded = model.embed(prepared, staging)
+        timings["encode_s"] = time.perf_counter() - mark
+        self.checkpoint()
+        with self.exclusive():
+            prefix = session.prefix_cache.copy()
+        mark = time.perf_counter()
+        rows = prefill(model, embedded, prefix)
+        timings["prefill_s"] = time.perf_counter() - mark
+        with self.exclusive(), session.version_lock:
+            if not self.alive():
+                raise Cancelled
+            staging.commit()
+            if rows is not None:
+                session.prefix_cache.store(prefix.cache, prefix.rows)
+        return WarmReport(True, "", embedded.inputs_embeds.shape[1], rows, timings=timings)
+
+
+def warm_up(session: ChatSession, plan: WarmPlan, gate: Gate | None = None) -> WarmReport:
+    """Run one warm-up on this thread (`ChatSession.warm`, the worker); yields to `gate` when given."""
+    return _Job(session, plan, gate).run()
+
+
+class Warmer:
+    """The daemon worker: one job at a time, at most one waiting per owner (a workspace), newest first kept.
+
+    `schedule(owner, session)` plans the job on the caller's thread and replaces the owner's waiting one;
+    `drop(owner)` forgets it (the workspace closed). `reports` keeps the last report per owner.
+    """
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        self._cond = threading.Condition()
+        self._waiting: OrderedDict[int, _Job] = OrderedDict()
+        self._running: tuple[int, _Job] | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.reports: dict[int, WarmReport] = {}
+
+    def schedule(self, owner: object, session: ChatSession | None) -> None:
+        plan = session.warm_plan() if session is not None else None
+        with self._cond:
+            self._cancel(id(owner))
+            if plan is None or self._closed:
+                return
+            self._waiting[id(owner)] = _Job(session, plan, self.gate)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="pixelrefer-warmup", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _cancel(self, key: int) -> None:
+        waiting = self._waiting.pop(key, None)
+        if waiting is not None:
+            waiting.cancelled.set()
+        if self._running is not None and self._running[0] == key:
+            self._running[1].cancelled.set()
+
+    def drop(self, owner: object) -> None:
+        with self._cond:
+            self._cancel(id(owner))
+            self.reports.pop(id(owner), None)
+
+    def drop_all(self) -> None:
+        """Forget every job (the model is being switched)."""
+        with self._cond:
+            for key in [*self._waiting, *([self._running[0]] if self._running else [])]:
+                self._cancel(key)
+
+    def report(self, owner: object) -> WarmReport | None:
+        return self.reports.get(id(owner))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no job waits or runs (tests, benchmarks); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._waiting or self._running is not None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        """Stop the worker after its current job (which is cancelled)."""
+        with self._cond:
+            self._closed = True
+            self.drop_all()
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                key, job = self._waiting.popitem(last=False)
+                self._running = (key, job)
+            try:
+                report = job.run()
+            except Exception as exc:  # a failed warm-up costs the visitor nothing: the answer computes it
+                _log.warning("Warm-up failed: %s: %s", type(exc).__name__, exc)
+                report = WarmReport(reason=f"failed: {type(exc).__name__}")
+            with self._cond:
+                self._running = None
+                self.reports[key] = report
+                self._cond.notify_all()
