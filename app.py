@@ -26,7 +26,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
+from pixelrefer.cancellation import on_cancel as stop_on_cancel  # noqa: E402
+from pixelrefer.cancellation import stops_on_cancel  # noqa: E402
 from pixelrefer.examples import Example, load_examples  # noqa: E402
 from pixelrefer.generation import GenerationSettings  # noqa: E402
 from pixelrefer.images import ImageError, load_image  # noqa: E402
@@ -35,11 +38,16 @@ from pixelrefer.masks import EmptyMaskError, to_bool_mask  # noqa: E402
 from pixelrefer.redact import scrub  # noqa: E402
 from pixelrefer.segment import PromptError, TrackingCancelled  # noqa: E402
 from pixelrefer.service import AppSettings, Service  # noqa: E402
+from pixelrefer.webguard import MODEL_QUEUE, RouteGuard  # noqa: E402
 from pixelrefer.workspace import Workspace  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE / "examples"
 ASSETS = HERE / "assets"
+MAX_SEED = 2**63 - 1
+"""The largest seed the random generators take."""
+MAX_FRAME_INDEX = 10**7
+"""Far beyond any clip's frame count; a larger index cannot name a frame, so it is refused as a number."""
 EXPECTED = (ValueError, PromptError, MediaRejected, ImageError, EmptyMaskError, TrackingCancelled)
 TOOLS = {
     "Object (click)": "positive",
@@ -204,7 +212,10 @@ def workspace(ws: Workspace | None) -> Workspace:
     """This visitor's workspace, created on first use and kept in sync with the served model."""
     if ws is None:
         ws = Workspace(SERVICE)
-    ws.sync_model()
+    if ws.sync_model():
+        gr.Info(
+            f"The model was switched to {SERVICE.display_name}: your objects are kept, the chat restarted."
+        )
     return ws
 
 
@@ -381,11 +392,13 @@ def on_insert_tag(question, object_id):
 # ---------------------------------------------------------------------- events: clips
 
 
+@stops_on_cancel
 @friendly
 @gpu(track_duration)
 def on_track(ws, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
     if ws is None or ws.clip is None:
         raise gr.Error("Upload a clip first.", print_exception=False)
+    stop_on_cancel(ws.cancel.set)
     ws.track(progress=lambda done, total: progress((done, total), desc="Tracking", unit="steps"))
     return (ws, *view(ws, "Tracked through every sampled frame."), str(ws.overlay_video()))
 
@@ -480,7 +493,12 @@ def on_export(ws, what):
 
 
 def status_markdown() -> str:
-    rows = "\n".join(f"| {k} | {html.escape(v)} |" for k, v in SERVICE.status().items())
+    """What is served and what would fit; with switching off, that it is the operator who chooses."""
+    status = dict(SERVICE.status())
+    status["fits this machine"] = ", ".join(c.label for c in SERVICE.choices() if c.fits) or "none"
+    if not SERVICE.settings.allow_model_switch:
+        status["switching"] = "off: the model is chosen by whoever runs the app"
+    rows = "\n".join(f"| {k} | {html.escape(v)} |" for k, v in status.items())
     return f"| | |\n|---|---|\n{rows}"
 
 
@@ -495,18 +513,27 @@ def picker_update():
 def on_load_model(source):
     if not source:
         raise gr.Error("Choose a checkpoint.", print_exception=False)
-    SERVICE.load(source)
-    return status_markdown(), SERVICE.banner
+    SERVICE.switch(source)
+    return status_markdown(), SERVICE.banner, SERVICE.generation
+
+
+def on_model_tick(seen):
+    """Every page: the panel and banner again once another visitor (or the operator) switched the model."""
+    if seen == SERVICE.generation:
+        return gr.update(), gr.update(), seen
+    return status_markdown(), SERVICE.banner, SERVICE.generation
 
 
 # ---------------------------------------------------------------------- API (gradio_client)
 
 
+@stops_on_cancel
 @friendly
 @gpu(answer_duration)
 def api_describe(image, mask, max_new_tokens=256, seed=1234):
     """Describe the masked region of an image (stateless)."""
     ws = Workspace(SERVICE)
+    stop_on_cancel(ws.stop)
     try:
         ws.open_image(image)
         obj = ws.session.add_object(ws.fit_mask(load_image(mask, limits=SERVICE.settings.media)))
@@ -545,12 +572,15 @@ def api_add_object(ws, mask, frame):
     return ws, obj.tag
 
 
+@stops_on_cancel
 @friendly
 @gpu(answer_duration)
 def api_ask(ws, question, max_new_tokens=256, seed=1234):
     """Ask about the objects (multi-turn within one client session); returns the answer."""
     if ws is None or ws.session is None:
         raise ValueError("Call /open first")
+    ws = workspace(ws)
+    stop_on_cancel(ws.stop)
     final = None
     for reply in ws.ask(question, GenerationSettings(max_new_tokens=int(max_new_tokens), seed=int(seed))):
         final = reply.exchange or final
@@ -570,7 +600,7 @@ def build(service: Service) -> gr.Blocks:
     """The page."""
     settings = service.settings
     private = {"api_visibility": "private"}
-    model_events = {"concurrency_id": "model", "concurrency_limit": settings.concurrency}
+    model_events = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": settings.concurrency}
     with gr.Blocks(title="PixelRefer region chat") as demo:
         state = gr.State(None, delete_callback=close_workspace, time_to_live=settings.session_ttl_s)
         gr.Markdown("# PixelRefer region chat\nMark objects in a photo or a short clip, then ask about them.")
@@ -674,8 +704,13 @@ def build(service: Service) -> gr.Blocks:
                     exported = gr.File(label="Download", elem_id="download")
                 with gr.Accordion("Model", open=False, elem_id="model-panel"):
                     status = gr.Markdown(status_markdown(), elem_id="model-status")
-                    picker = gr.Dropdown(label="Checkpoint (only those that fit this machine)", choices=[])
-                    load_model = gr.Button("Load")
+                    switchable = {"visible": settings.allow_model_switch}  # the operator's choice
+                    picker = gr.Dropdown(
+                        label="Checkpoint (only those that fit this machine)", choices=[], **switchable
+                    )
+                    load_model = gr.Button("Load", **switchable)
+                    model_seen = gr.State(service.generation)
+                    model_tick = gr.Timer(10, active=settings.allow_model_switch)
                 gr.Markdown(CREDITS)
 
         # Hidden inputs and outputs of the API endpoints.
@@ -686,10 +721,11 @@ def build(service: Service) -> gr.Blocks:
             api_image = gr.File(type="filepath")
             api_mask = gr.File(type="filepath")
             api_video = gr.File(type="filepath")
-            api_frame = gr.Number(value=0, precision=0)
+            # Ranges are checked before any handler runs (`pixelrefer.webguard.check_inputs`).
+            api_frame = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_FRAME_INDEX)
             api_question = gr.Textbox()
-            api_tokens = gr.Number(value=256, precision=0)
-            api_seed = gr.Number(value=1234, precision=0)
+            api_tokens = gr.Number(value=256, precision=0, minimum=1, maximum=settings.max_new_tokens)
+            api_seed = gr.Number(value=1234, precision=0, minimum=0, maximum=MAX_SEED)
             api_out = gr.Textbox()
             api_buttons = [gr.Button() for _ in range(4)]
 
@@ -732,7 +768,8 @@ def build(service: Service) -> gr.Blocks:
         chatbot.clear(on_clear_chat, [state], [state, chatbot], **private)
         del send_event, submit_event, describe_event, regen_event
         export.click(on_export, [state, export_what], [exported], **private)
-        load_model.click(on_load_model, [picker], [status, banner], **model_events, **private)
+        load_model.click(on_load_model, [picker], [status, banner, model_seen], **model_events, **private)
+        model_tick.tick(on_model_tick, [model_seen], [status, banner, model_seen], **private)
         demo.load(picker_update, None, [picker], **private)
 
         api_buttons[0].click(
@@ -753,7 +790,12 @@ def build(service: Service) -> gr.Blocks:
             api_name="ask",
             **model_events,
         )
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    # The model queue's bound (`queue_size`) is applied to model events only, by `RouteGuard`; Gradio's own
+    # bound counts every event, so it is only the backstop against a flood of cheap ones.
+    demo.queue(
+        max_size=max(4 * settings.queue_size, 2 * settings.max_sessions),
+        default_concurrency_limit=settings.concurrency,
+    )
     return demo
 
 
@@ -767,13 +809,17 @@ EXAMPLE_BY_NAME = {e.name: e for e in EXAMPLE_LIST}
 
 
 def launch_options(settings: AppSettings) -> dict:
-    """What `demo.launch` needs besides the host and port (the tests launch with the same)."""
+    """What `demo.launch` needs besides the host and port (the tests launch with the same): the route guard
+    (only the named API by name, the model queue bound on model events), Gradio's dashboard only when the
+    operator enables it."""
     return {
         "allowed_paths": [str(EXAMPLES), str(ASSETS)],
         "max_file_size": f"{int(settings.media.max_upload_mb)}mb",
         "state_session_capacity": settings.max_sessions,
         "css": CSS,
         "footer_links": ["api"],
+        "enable_monitoring": settings.monitoring,
+        "app_kwargs": {"middleware": [Middleware(RouteGuard, model_queue=settings.queue_size)]},
     }
 
 

@@ -8,6 +8,7 @@ of the API.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,8 +57,12 @@ def client(preview_app: PreviewApp) -> Iterator[Client]:
 
 
 def workspace_of(preview_app: PreviewApp, client: Client):
-    """The server-side workspace of this client's session (the app's one `gr.State`)."""
-    (state,) = [block for block in preview_app.demo.blocks.values() if isinstance(block, gr.State)]
+    """The server-side workspace of this client's session (the app's `gr.State` that closes it)."""
+    (state,) = [
+        block
+        for block in preview_app.demo.blocks.values()
+        if isinstance(block, gr.State) and block.time_to_live != math.inf
+    ]
     return preview_app.demo.state_holder[client.session_hash][state._id]
 
 

@@ -8,6 +8,7 @@ and never show a server path or an access token in a message.
 from __future__ import annotations
 
 import ast
+import math
 import re
 import tempfile
 import time
@@ -46,8 +47,12 @@ TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz012345"
 
 
 def workspace_of(preview_app: PreviewApp, client: Client) -> Workspace | None:
-    """The server-side workspace of this client's session (the app's one `gr.State`), if it still has one."""
-    (state,) = [block for block in preview_app.demo.blocks.values() if isinstance(block, gr.State)]
+    """The server-side workspace of this client's session (the app's `gr.State` that closes it), if it still has one."""
+    (state,) = [
+        block
+        for block in preview_app.demo.blocks.values()
+        if isinstance(block, gr.State) and block.time_to_live != math.inf
+    ]
     sessions = preview_app.demo.state_holder.session_data
     if client.session_hash not in sessions:
         return None
@@ -71,24 +76,32 @@ def visitor_folders() -> set[Path]:
 # ---------------------------------------------------------------------- reading server files
 
 
-def raw_call(url: str, api: str, data: list) -> str:
-    """Call an endpoint over plain HTTP, as a hostile client would (no upload step), and read the events."""
+def raw_call(url: str, api: str, data: list) -> tuple[int, str]:
+    """Call an endpoint over plain HTTP, as a hostile client would (no upload step): the HTTP status of the
+    call and, when it was accepted, its events; else the refusal's body."""
     with httpx.Client(base_url=url, timeout=60) as http:
         started = http.post(f"gradio_api/call/{api}", json={"data": data})
-        assert started.status_code == 200, started.text
-        return http.get(f"gradio_api/call/{api}/{started.json()['event_id']}").text
+        if started.status_code != 200:
+            return started.status_code, started.text
+        return 200, http.get(f"gradio_api/call/{api}/{started.json()['event_id']}").text
 
 
 @pytest.mark.parametrize("where", ["/etc/passwd", "../../../../../../etc/passwd", "app.py", "EXAMPLE"])
 def test_a_client_cannot_pass_a_server_path_as_a_file(preview_app: PreviewApp, where: str) -> None:
-    """Gradio refuses files it did not receive as uploads, even in the allowed example folder."""
+    """Files the server did not receive as uploads are refused, even in the allowed example folder, before any
+    handler runs, with a message that names the parameter and says how to send a file."""
     example = next(REPO.joinpath("examples").rglob("*.jpg"))
     path = str(example) if where == "EXAMPLE" else str(REPO / where) if where == "app.py" else where
     file = {"path": path, "meta": {"_type": "gradio.FileData"}}
-    for api, data in (("open", [file, None]), ("open", [None, file]), ("add_object", [file, 0])):
-        events = raw_call(preview_app.url, api, data)
-        assert "event: error" in events and "event: complete" not in events
-        assert "root:" not in events and "import" not in events
+    for api, data, name in (
+        ("open", [file, None], "image"),
+        ("open", [None, file], "video"),
+        ("add_object", [file, 0], "mask"),
+    ):
+        status, text = raw_call(preview_app.url, api, data)
+        assert status == 422, text
+        assert f"{name} is not a file uploaded to this server" in text and "POST /gradio_api/upload" in text
+        assert "root:" not in text and "import" not in text
 
 
 @pytest.mark.parametrize(
