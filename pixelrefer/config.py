@@ -3,7 +3,8 @@
 The config is the single source of sizes. `model_type` decides the variant: `pixelrefer_qwen2` is the
 full "Vision-Object" model (image tokens + object tokens), `pixelreferlite_qwen2` the "Object-Only" Lite
 model (object tokens with Object-Centric Infusion, no image tokens). The vision tower's config lives in
-another repo; the loader attaches it as `vision_config` before the model is built.
+another repo (`mm_vision_encoder`), and training also copied it into `vision_encoder_config`; the loader
+attaches one of them as `vision_config` before the model is built.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class PixelReferConfig(Qwen2Config):
     model_type = "pixelrefer_qwen2"
 
     mm_vision_encoder: str | None = None
+    vision_encoder: str | None = None
+    vision_encoder_config: dict | None = None
     mm_projector_type: str = "mlp2x_gelu"
     mm_hidden_size: int = 1152
     spatial_merge_size: int = 2

@@ -19,7 +19,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
-__all__ = ["WeightsUnavailable", "is_offline", "resolve_source"]
+__all__ = ["WeightsUnavailable", "is_hub_id", "is_offline", "resolve_source"]
 
 
 class WeightsUnavailable(RuntimeError):
@@ -39,7 +39,8 @@ def is_offline() -> bool:
     return False
 
 
-def _looks_like_hub_id(source: str) -> bool:
+def is_hub_id(source: str) -> bool:
+    """Shaped like `owner/name` (and not a relative or home path)."""
     parts = source.split("/")
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
 
@@ -67,7 +68,7 @@ def resolve_source(
             return path.resolve()
         if path.exists():
             raise WeightsUnavailable(text, "it is a file, not a folder; pass the checkpoint folder")
-    if not _looks_like_hub_id(text):
+    if not is_hub_id(text):
         raise WeightsUnavailable(text, "no such folder, and it is not a hub id of the form 'owner/name'")
     offline = is_offline()
     try:

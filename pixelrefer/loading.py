@@ -3,7 +3,8 @@
 The official layout is a folder (or hub repo) with `config.json`, weights as safetensors or
 `pytorch_model*.bin` (single or sharded with an index), tokenizer files and `generation_config.json`;
 `mm_vision_encoder` names the VL3-SigLIP-NaViT repo (a hub id in the releases, a path relative to the
-checkpoint in tests) of which only the two config files are read. Weights are loaded by transformers
+checkpoint in tests) of which only the two config files are read; when that hub repo cannot be had, the
+checkpoint's own `vision_encoder_config` and the processor's defaults serve. Weights are loaded by transformers
 (safetensors, or `.bin` through `torch.load(weights_only=True)`); every tensor must be used, except the
 known-unused `mask_embedding` of Lite.
 """
@@ -11,6 +12,7 @@ known-unused `mask_embedding` of Lite.
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,13 +32,15 @@ from transformers.utils import logging as hf_logging
 
 from .config import PixelReferConfig
 from .devices import Placement, plan_loading, visible_gpus
-from .hub import WeightsUnavailable, resolve_source
+from .hub import WeightsUnavailable, is_hub_id, resolve_source
 from .model import PixelReferForCausalLM
-from .vision import PixelReferImageProcessor, build_processor, load_vision_config
+from .vision import PixelReferImageProcessor, build_processor, load_vision_config, vision_config_from_dict
 
 __all__ = ["Loaded", "Quantization", "estimate_weight_bytes", "load_checkpoint", "read_config"]
 
 Quantization = Literal["8bit", "4bit"] | None
+
+_log = logging.getLogger(__name__)
 
 KNOWN_UNUSED = ("model.region_encoder.mask_embedding.weight", "model.region_encoder.mask_embedding.bias")
 # Full module-path prefixes: transformers matches skip patterns from the start of the name or as a suffix,
@@ -91,13 +95,23 @@ def read_config(folder: Path, *, token: str | None = None) -> PixelReferConfig:
     config = AutoConfig.from_pretrained(folder)
     if not config.mm_vision_encoder:
         raise ValueError("The config names no mm_vision_encoder")
-    vision_folder = resolve_source(
-        config.mm_vision_encoder,
-        base_dir=folder,
-        allow_patterns=["config.json", "preprocessor_config.json"],
-        token=token,
-    )
-    vision_config, preprocessor = load_vision_config(vision_folder)
+    try:
+        vision_folder = resolve_source(
+            config.mm_vision_encoder,
+            base_dir=folder,
+            allow_patterns=["config.json", "preprocessor_config.json"],
+            token=token,
+        )
+    except WeightsUnavailable as exc:
+        # A hub repo out of reach: the checkpoint holds the same tower config. A local folder that is
+        # missing is a broken checkpoint, and stays an error.
+        nested = config.vision_encoder_config
+        if not (is_hub_id(config.mm_vision_encoder) and isinstance(nested, dict)):
+            raise
+        _log.warning("%s; using the checkpoint's vision_encoder_config instead", exc)
+        vision_config, preprocessor = vision_config_from_dict(nested), {}
+    else:
+        vision_config, preprocessor = load_vision_config(vision_folder)
     config.vision_config = vision_config
     config.preprocessor = preprocessor
     return config

@@ -1,11 +1,14 @@
 """Random-weight checkpoints in the official PixelRefer layout, at any size.
 
 No weights can be downloaded where tests run, and the offline preview must still work end to end, so the
-package builds its own checkpoints: a byte-level BPE tokenizer with the Qwen2.5 special tokens and the
-four PixelRefer tokens, `config.json` with the fields PixelRefer training writes, a VL3-SigLIP-NaViT
-folder (config + preprocessor config) named relative to the checkpoint, `generation_config.json` and
-the weights (safetensors or `.bin`, single or sharded). The same shapes as the released 2B and 7B models
-are available as presets for memory estimates and GPU benchmarks.
+package builds its own checkpoints, loadable by the official code too: a byte-level BPE tokenizer with the
+Qwen2.5 added tokens and the four PixelRefer tokens (`tokenizer.json`, and `vocab.json` + `merges.txt` for
+the slow Qwen2 tokenizer the official loader uses), `config.json` with the fields PixelRefer training
+writes (the tower's config nested as `vision_encoder_config`), a VL3-SigLIP-NaViT folder (config,
+preprocessor config and the tower's own `model.safetensors`, from which the official code builds it)
+named relative to the checkpoint, `generation_config.json` and the weights (safetensors or `.bin`, single
+or sharded). The same shapes as the released 2B and 7B models are available as presets for memory
+estimates and GPU benchmarks.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ __all__ = [
     "TINY",
     "ModelShape",
     "build_checkpoint",
+    "build_tokenizer",
+    "config_for",
     "model_config",
 ]
 
@@ -64,11 +69,19 @@ QWEN_NON_SPECIAL = [
 PIXELREFER_TOKENS = ["<image>", "<|stream_start|>", "<|stream_end|>", "<REGION>"]
 QWEN_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 VISION_FOLDER = "VL3-SigLIP-NaViT-synthetic"
+VISION_PREFIX = "model.vision_encoder.vision_encoder."
+RELEASE_VOCAB = 151669
+"""151,643 Qwen2.5 BPE tokens + 22 Qwen2.5 added tokens + PixelRefer's 4: the training script's
+`resize_token_embeddings(len(tokenizer))` leaves every release with this many embedding rows."""
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """Sizes of the LLM and the vision tower; `vocab_size=None` means the tokenizer's length."""
+    """Sizes of the LLM and the vision tower; `vocab_size=None` means the tokenizer's length.
+
+    `head_dim=None` is hidden_size / num_attention_heads (Qwen2.5; vLLM's CPU attention needs >= 32).
+    `max_window_layers=None` is num_hidden_layers. `init_std` is the default spread of random matrices.
+    """
 
     hidden_size: int
     intermediate_size: int
@@ -82,18 +95,26 @@ class ModelShape:
     tie_word_embeddings: bool = True
     vocab_size: int | None = None
     tokenizer_merges: int = 1000
+    head_dim: int | None = None
+    max_window_layers: int | None = None
+    init_std: float = 0.2
 
 
 TINY = ModelShape(64, 128, 2, 4, 2, 32, 64, 2, 2)
 """The fixtures' sizes: builds in well under a second."""
 
-BENCH = ModelShape(1024, 3584, 16, 16, 4, 768, 3072, 12, 12, tokenizer_merges=4000)
-"""About 300M parameters: large enough for CPU timings to mean something."""
+BENCH = ModelShape(1024, 3584, 16, 16, 4, 768, 3072, 12, 12, tokenizer_merges=4000, init_std=0.05)
+"""About 300M parameters: large enough for CPU timings to mean something. A 4,282-token vocabulary and
+matrices N(0, 0.05), so greedy decoding emits varied tokens (at 0.02 it repeats one token)."""
 
-RELEASE_2B = ModelShape(1536, 8960, 28, 12, 2, 1152, 4304, 27, 16, True, 151936)
+RELEASE_2B = ModelShape(
+    1536, 8960, 28, 12, 2, 1152, 4304, 27, 16, True, RELEASE_VOCAB, max_window_layers=21, init_std=0.02
+)
 """The shapes of PixelRefer-2B / Lite-2B: Qwen2.5-1.5B and SigLIP-so400m (VL3-SigLIP-NaViT)."""
 
-RELEASE_7B = ModelShape(3584, 18944, 28, 28, 4, 1152, 4304, 27, 16, False, 152064)
+RELEASE_7B = ModelShape(
+    3584, 18944, 28, 28, 4, 1152, 4304, 27, 16, False, RELEASE_VOCAB, max_window_layers=28, init_std=0.02
+)
 """The shapes of PixelRefer-7B / Lite-7B: Qwen2.5-7B and SigLIP-so400m."""
 
 RELEASES: dict[str, tuple[Variant, ModelShape]] = {
@@ -196,21 +217,35 @@ _WORDS = [
 ]
 
 
-def _corpus(lines: int, seed: int) -> list[str]:
+_SYLLABLES = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiou"] + ["th", "sh", "ch", "qu", "ng", "st"]
+_UNICODE = ["café", "naïve", "Größe", "señor", "日本", "東京", "😀", "—", "…", "Ωmega"]
+
+
+def _corpus(lines: int, seed: int, words: int) -> list[str]:
+    """English-like lines over `_WORDS` plus `words` made-up words (Zipf-distributed), so BPE finds merges
+    until the vocabulary asked for, with numbers, placeholders-lookalikes and some non-ASCII text."""
     rng = random.Random(seed)
+    made: set[str] = set()
+    while len(made) < words:
+        made.add("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 4))))
+    lexicon = _WORDS + sorted(made)
+    weights = [1.0 / (rank + 1) ** 0.8 for rank in range(len(lexicon))]
     out = []
     for _ in range(lines):
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 14))]
+        line = rng.choices(lexicon, weights, k=rng.randint(4, 14))
         if rng.random() < 0.3:
-            words.insert(rng.randint(0, len(words)), f"<region{rng.randint(0, 3)}>")
+            line.insert(rng.randint(0, len(line)), f"<region{rng.randint(0, 3)}>")
         if rng.random() < 0.2:
-            words.append(f"{rng.randint(0, 99)}.")
-        out.append(" ".join(words).capitalize() + rng.choice([".", "?", "!", ","]))
+            line.append(f"{rng.randint(0, 99)}.")
+        if rng.random() < 0.05:
+            line.append(rng.choice(_UNICODE))
+        out.append(" ".join(line).capitalize() + rng.choice([".", "?", "!", ","]))
     return out
 
 
 def build_tokenizer(merges: int = 1000, seed: int = 0) -> PreTrainedTokenizerFast:
-    """A Qwen2-style byte-level BPE tokenizer, then Qwen2.5's added tokens, then PixelRefer's four."""
+    """A Qwen2-style byte-level BPE tokenizer of 256 + `merges` tokens, then Qwen2.5's added tokens, then
+    PixelRefer's four (in that order, as the releases number them)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -224,7 +259,7 @@ def build_tokenizer(merges: int = 1000, seed: int = 0) -> PreTrainedTokenizerFas
     trainer = trainers.BpeTrainer(
         vocab_size=len(alphabet) + merges, initial_alphabet=alphabet, show_progress=False
     )
-    tokenizer.train_from_iterator(_corpus(4000, seed), trainer)
+    tokenizer.train_from_iterator(_corpus(max(4000, 3 * merges), seed, merges), trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
@@ -240,12 +275,15 @@ def build_tokenizer(merges: int = 1000, seed: int = 0) -> PreTrainedTokenizerFas
 def model_config(
     variant: Variant, shape: ModelShape, vocab_size: int, *, token_ids: dict[str, int] | None = None
 ) -> dict:
-    """The `config.json` a PixelRefer training run writes, at `shape`."""
+    """The `config.json` a PixelRefer training run writes, at `shape` (the tower's config nested in it)."""
     ids = token_ids or {}
-    return {
-        "architectures": [
-            "PixelreferQwen2ForCausalLM" if variant == "full" else "PixelreferliteQwen2ForCausalLM"
-        ],
+    name = "PixelreferQwen2" if variant == "full" else "PixelreferliteQwen2"
+    config = {
+        "architectures": [f"{name}ForCausalLM"],
+        "auto_map": {
+            "AutoConfig": f"configuration_{variant}.{name}Config",
+            "AutoModelForCausalLM": f"modeling_{variant}.{name}ForCausalLM",
+        },
         "model_type": "pixelrefer_qwen2" if variant == "full" else "pixelreferlite_qwen2",
         "attention_dropout": 0.0,
         "bos_token_id": ids.get("<|endoftext|>"),
@@ -257,16 +295,17 @@ def model_config(
         "num_attention_heads": shape.num_attention_heads,
         "num_key_value_heads": shape.num_key_value_heads,
         "max_position_embeddings": 32768,
-        "max_window_layers": shape.num_hidden_layers,
+        "max_window_layers": shape.max_window_layers or shape.num_hidden_layers,
         "rms_norm_eps": 1e-6,
         "rope_theta": 1000000.0,
         "rope_scaling": None,
-        "sliding_window": None,
+        "sliding_window": 131072,
         "use_sliding_window": False,
         "tie_word_embeddings": shape.tie_word_embeddings,
         "vocab_size": vocab_size,
         "initializer_range": 0.02,
-        "torch_dtype": "float32",
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.46.3",
         "use_cache": True,
         "image_aspect_ratio": "qwen2vl",
         "image_size": 28,
@@ -274,20 +313,29 @@ def model_config(
         "region_token_index": ids.get("<REGION>"),
         "image_token_length": 1,
         "is_alignment": False,
+        "llm_lr": 1e-05,
         "mask_num": 32,
         "max_frames": 180,
         "mm_hidden_size": shape.vision_hidden_size,
         "mm_max_length": 8192,
+        "mm_projector_lr": 1e-05,
         "mm_projector_type": "mlp2x_gelu",
         "mm_vision_encoder": VISION_FOLDER,
         "mm_vision_select_feature": "patch",
         "mm_vision_select_layer": -2,
+        "region_encoder_lr": 1e-05,
         "spatial_merge_size": 2,
         "tokenizer_model_max_length": 16384,
         "tokenizer_padding_side": "right",
         "use_mm_proj": True,
         "use_token_compression": True,
+        "vision_encoder": None,
+        "vision_encoder_config": {**_vision_config(shape), "torch_dtype": "bfloat16"},
+        "vision_encoder_lr": 0,
     }
+    if shape.head_dim is not None:
+        config["head_dim"] = shape.head_dim
+    return config
 
 
 def _vision_config(shape: ModelShape) -> dict:
@@ -324,6 +372,41 @@ _PREPROCESSOR = {
 }
 
 
+def _tokenizer_config(tokenizer: PreTrainedTokenizerFast) -> dict:
+    """`tokenizer_config.json` as the releases' transformers (4.46) writes it for a Qwen2 tokenizer.
+
+    The slow tokenizer only knows the added tokens from `added_tokens_decoder`, and the official
+    processor reads `padding_side`.
+    """
+    added = {
+        str(index): {
+            "content": token.content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": token.special,
+        }
+        for index, token in sorted(tokenizer.added_tokens_decoder.items())
+    }
+    return {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": added,
+        "additional_special_tokens": QWEN_SPECIALS[1:],
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 16384,
+        "pad_token": "<|endoftext|>",
+        "padding_side": "right",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+
+
 def _save_weights(state: dict[str, torch.Tensor], folder: Path, weights: str, shards: int) -> None:
     names = sorted(state)
     groups = [names[i::shards] for i in range(shards)]
@@ -355,9 +438,9 @@ def config_for(
     token_ids: dict[str, int] | None = None,
 ) -> PixelReferConfig:
     """The config object (vision tower attached) of a model of this variant and shape, e.g. to build on `meta`."""
-    raw = model_config(variant, shape, vocab_size or shape.vocab_size or 151936, token_ids=token_ids)
+    raw = model_config(variant, shape, vocab_size or shape.vocab_size or RELEASE_VOCAB, token_ids=token_ids)
     config_class = PixelReferConfig if variant == "full" else PixelReferLiteConfig
-    config = config_class(**{k: v for k, v in raw.items() if k != "architectures"})
+    config = config_class(**{k: v for k, v in raw.items() if k not in ("architectures", "auto_map")})
     config.vision_config = _vision_config(shape)
     return config
 
@@ -385,31 +468,40 @@ def build_checkpoint(
     nested_vision_config: bool = False,
     generation_config: dict | None = None,
     dtype: torch.dtype = torch.float32,
-    init_std: float = 0.2,
+    init_std: float | None = None,
 ) -> Path:
     """Write a random-weight PixelRefer checkpoint (official layout) into `folder` and return it.
 
-    Weights follow the fixtures' recipe: matrices N(0, init_std), biases N(0, 0.1), norm scales
-    1 + N(0, 0.1), so that a model this small still produces varied (meaningless) text.
+    Weights follow the fixtures' recipe: matrices N(0, init_std) (default `shape.init_std`), biases
+    N(0, 0.1), norm scales 1 + N(0, 0.1), so that a random model still produces varied (meaningless) text.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(shape.tokenizer_merges, seed)
     tokenizer.save_pretrained(folder)
-    config_path = folder / "tokenizer_config.json"
-    tokenizer_config = json.loads(config_path.read_text())
-    tokenizer_config["tokenizer_class"] = "Qwen2Tokenizer"
-    config_path.write_text(json.dumps(tokenizer_config, indent=2))
+    # The official loader reads the slow Qwen2 tokenizer's files; the added tokens live in the config.
+    tokenizer.backend_tokenizer.model.save(str(folder))
+    (folder / "tokenizer_config.json").write_text(json.dumps(_tokenizer_config(tokenizer), indent=2))
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "additional_special_tokens": QWEN_SPECIALS[1:],
+            },
+            indent=2,
+        )
+    )
     ids = {
         t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", "<|im_end|>", "<image>", "<REGION>"]
     }
     vocab_size = shape.vocab_size or len(tokenizer)
     config = model_config(variant, shape, vocab_size, token_ids=ids)
-    config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    config["torch_dtype"] = config["vision_encoder_config"]["torch_dtype"] = str(dtype).removeprefix("torch.")
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     vision = folder / VISION_FOLDER
     vision.mkdir(exist_ok=True)
-    vision_config = _vision_config(shape)
+    vision_config = {**_vision_config(shape), "torch_dtype": config["torch_dtype"]}
     if nested_vision_config:
         vision_config = {"model_type": "videollama3_vision_encoder", "vision_config": vision_config}
     (vision / "config.json").write_text(json.dumps(vision_config, indent=2))
@@ -420,8 +512,12 @@ def build_checkpoint(
 
     torch.manual_seed(seed)
     model = PixelReferForCausalLM(config_for(variant, shape, vocab_size, token_ids=ids))
-    _randomize(model, init_std, seed)
+    _randomize(model, shape.init_std if init_std is None else init_std, seed)
     state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
+    tower = {k.removeprefix(VISION_PREFIX): v for k, v in state.items() if k.startswith(VISION_PREFIX)}
+    save_file(
+        {k: v.contiguous() for k, v in tower.items()}, vision / "model.safetensors", metadata={"format": "pt"}
+    )
     if shape.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     if variant == "lite":

@@ -30,6 +30,7 @@ __all__ = [
     "VisionTower",
     "load_vision_config",
     "smart_resize",
+    "vision_config_from_dict",
 ]
 
 PATCH_SIZE = 14
@@ -47,17 +48,22 @@ _VISION_FIELDS = (
 )
 
 
+def vision_config_from_dict(raw: dict) -> VideoLlama3VisionConfig:
+    """The tower's config from its `config.json` contents (flat, or nested under `vision_config`), or from a
+    PixelRefer config's `vision_encoder_config`."""
+    values = raw.get("vision_config", raw) if isinstance(raw.get("vision_config"), dict) else raw
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in values]
+    if missing:
+        raise ValueError(f"The vision encoder config lacks {', '.join(missing)}")
+    return VideoLlama3VisionConfig(**{k: values[k] for k in _VISION_FIELDS if k in values})
+
+
 def load_vision_config(folder: Path) -> tuple[VideoLlama3VisionConfig, dict]:
     """Read the tower's `config.json` (flat, or nested under `vision_config`) and `preprocessor_config.json`."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"The vision encoder folder has no config.json: {folder.name}")
-    raw = json.loads(config_path.read_text())
-    values = raw.get("vision_config", raw) if isinstance(raw.get("vision_config"), dict) else raw
-    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in values]
-    if missing:
-        raise ValueError(f"The vision encoder config lacks {', '.join(missing)}")
-    config = VideoLlama3VisionConfig(**{k: values[k] for k in _VISION_FIELDS if k in values})
+    config = vision_config_from_dict(json.loads(config_path.read_text()))
     pre_path = folder / "preprocessor_config.json"
     preprocessor = json.loads(pre_path.read_text()) if pre_path.is_file() else {}
     return config, preprocessor

@@ -363,6 +363,9 @@ def test_a_hub_vision_encoder_is_read_from_the_cache_and_named_when_missing(empt
     # As in the releases: the tower is a hub id whose repo holds only the two config files we read.
     vision_id = "DAMO-NLP-SG/VL3-SigLIP-NaViT"
     config = json.loads((snapshot / "config.json").read_text())
+    # Without the nested copy of the tower's config there is nothing to fall back on (see
+    # test_release_config.py for the fallback).
+    del config["vision_encoder_config"]
     (snapshot / "config.json").write_text(json.dumps({**config, "mm_vision_encoder": vision_id}))
     local_tower = snapshot / VISION_FOLDER
     with pytest.raises(WeightsUnavailable, match=re.escape(vision_id)):

@@ -150,8 +150,9 @@ def test_the_release_table_pairs_each_hub_id_with_its_variant_and_shape() -> Non
         "Alibaba-DAMO-Academy/PixelRefer-Lite-2B": ("lite", RELEASE_2B),
         "Alibaba-DAMO-Academy/PixelRefer-Lite-7B": ("lite", RELEASE_7B),
     }
-    # Qwen2.5-1.5B / 7B and SigLIP-so400m sizes (spec §1): hidden, intermediate, layers, heads, KV heads, vocab.
-    llm = {RELEASE_2B: (1536, 8960, 28, 12, 2, 151936), RELEASE_7B: (3584, 18944, 28, 28, 4, 152064)}
+    # Qwen2.5-1.5B / 7B and SigLIP-so400m sizes (spec §1): hidden, intermediate, layers, heads, KV heads, and
+    # the vocabulary the training script's resize_token_embeddings(len(tokenizer)) leaves: 151643 + 22 + 4.
+    llm = {RELEASE_2B: (1536, 8960, 28, 12, 2, 151669), RELEASE_7B: (3584, 18944, 28, 28, 4, 151669)}
     for shape, sizes in llm.items():
         fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
         fields += ("num_key_value_heads", "vocab_size")
