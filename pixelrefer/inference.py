@@ -28,7 +28,7 @@ from .generation import GenerationSettings, GenerationTimeout, TextStream, eos_t
 from .images import ImageInput, load_image
 from .loading import Loaded, Quantization, load_checkpoint
 from .masks import to_bool_mask
-from .objects import ObjectCrop, global_view, plan_crop
+from .objects import OBJECT_BUDGET, ObjectCrop, check_crop, crop_plan, global_view, plan_crop
 from .processing import (
     MediaSlot,
     ObjectSlots,
@@ -181,6 +181,8 @@ class PixelRefer:
         self.folder = loaded.folder
         self.specials = self._special_ids()
         self.eos_ids = eos_token_ids(self.generation_config, self.tokenizer)
+        self.max_object_pixels = OBJECT_BUDGET * self.config.max_pixels
+        """The largest crop one object's mask may need (see `objects.OBJECT_BUDGET`); settable."""
         self._lock = threading.Lock()
         self.engine: DecodeEngine = TransformersEngine(self.model, self.generation_config, self._lock)
         """What decodes the LLM input (`pixelrefer.engines.build_engine` makes others); encoding stays here."""
@@ -308,6 +310,14 @@ class PixelRefer:
             shared_by=shared_by,
         )
 
+    def _check_object_plans(self, objects: list[list[tuple[int, np.ndarray]]]) -> None:
+        """Refuse any mask whose crop would exceed `max_object_pixels`, from its box and area alone, before
+        the media or any object is preprocessed (a few far-apart specks would otherwise need gigabytes)."""
+        for number, masks in enumerate(objects, start=1):
+            for _, mask in masks:
+                plan = crop_plan(mask, self.variant, self.config.mask_num)
+                check_crop(plan, self.max_object_pixels, f"Object {number}")
+
     def _plan_objects(
         self, media: _Media, objects: list[list[tuple[int, np.ndarray]]], seed: int
     ) -> list[_ObjectPlan]:
@@ -376,6 +386,7 @@ class PixelRefer:
         """
         media = self._media(image, video)
         objects = self._objects(media, regions)
+        self._check_object_plans(objects)
         if (instruction is None) == (turns is None):
             raise ValueError("Give exactly one of instruction= or turns=")
         if turns is None:

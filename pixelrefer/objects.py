@@ -21,10 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PixelReferConfig, Variant
+from .limits import LimitExceeded
 
 __all__ = [
+    "OBJECT_BUDGET",
+    "CropPlan",
     "ObjectCrop",
     "ObjectTokenizer",
+    "check_crop",
+    "crop_plan",
     "kmeans",
     "plan_crop",
     "pool_mask_features",
@@ -51,20 +56,48 @@ class ObjectCrop:
     local_view: np.ndarray | None = None
 
 
+OBJECT_BUDGET = 4
+"""An object's crop may hold at most this many times the vision tower's pixel budget (`config.max_pixels`).
+
+The crop plan scales a mask's box by `ceil(sqrt(196 * mask_num / area))`: a compact object's crop stays
+near the budget (a one-pixel object in a 12 MP photo: about 3.3x), but a few specks far apart make a tiny
+area over a wide box, e.g. two 4x4 specks at opposite corners of a 4032x3024 photo: a 56434x42322 crop and
+a feature upsample of 12 million cells. Four times the budget (25.7 M pixels for the releases) admits every
+connected mark and refuses those before any tensor exists."""
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """Where one mask's crop is cut (rows `top:bottom`, columns `left:right`) and the size it is scaled to."""
+
+    top: int
+    left: int
+    bottom: int
+    right: int
+    out_h: int
+    out_w: int
+    area: int
+    box: tuple[int, int, int, int]
+    """The mask's own bounding box (top, left, bottom, right), inclusive."""
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of the scaled crop; its patch grid (the size features are upsampled to) is this / 14^2."""
+        return self.out_h * self.out_w
+
+
 def _bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
 
 
-def _crop_full(frame: np.ndarray, mask: np.ndarray, mask_num: int) -> ObjectCrop:
-    height, width = frame.shape[:2]
+def _plan_full(mask: np.ndarray, mask_num: int) -> CropPlan:
+    height, width = mask.shape
     r0, r1, c0, c1 = _bounds(mask)
     top, left = max(0, r0 - MARGIN), max(0, c0 - MARGIN)
     bottom, right = min(height - 1, r1 + MARGIN), min(width - 1, c1 + MARGIN)
     # The box is inclusive but the official slice excludes its last row and column.
-    crop = frame[top:bottom, left:right]
-    crop_mask = mask[top:bottom, left:right]
     crop_h, crop_w = bottom - top, right - left
     # The official scale is computed on a torch int64 sum, i.e. in float32.
     area = np.float32(mask.sum())
@@ -73,12 +106,55 @@ def _crop_full(frame: np.ndarray, mask: np.ndarray, mask_num: int) -> ObjectCrop
         scale = 1 / math.sqrt(float(np.float32(np.float32(area / np.float32(196)) / np.float32(100))))
     out_h = math.ceil(crop_h * scale / PATCH) * PATCH
     out_w = math.ceil(crop_w * scale / PATCH) * PATCH
-    if crop_h == 0 or crop_w == 0:
+    return CropPlan(top, left, bottom, right, out_h, out_w, int(area), (r0, c0, r1, c1))
+
+
+def _plan_lite(mask: np.ndarray, mask_num: int) -> CropPlan:
+    height, width = mask.shape
+    r0, r1, c0, c1 = _bounds(mask)
+    top, left = max(0, r0 - MARGIN), max(0, c0 - MARGIN)
+    bottom_excl, right_excl = min(height, r1 + 1 + MARGIN), min(width, c1 + 1 + MARGIN)
+    crop_h, crop_w = bottom_excl - top, right_excl - left
+    area = int(mask.sum())
+    scale: float = math.ceil(math.sqrt(196.0 * mask_num / max(area, 1)))
+    if scale == 1 and area / 196.0 > 50.0:
+        scale = 1.0 / math.sqrt((area / 196.0) / 50.0)
+    out_h = int(math.ceil(crop_h * scale / PATCH) * PATCH)
+    out_w = int(math.ceil(crop_w * scale / PATCH) * PATCH)
+    return CropPlan(top, left, bottom_excl, right_excl, out_h, out_w, area, (r0, c0, r1, c1))
+
+
+def crop_plan(mask: np.ndarray, variant: Variant, mask_num: int) -> CropPlan:
+    """The crop one non-empty boolean mask would get, from its box and area alone: nothing is allocated."""
+    if not mask.any():
+        raise ValueError("The mask is empty")
+    return _plan_full(mask, mask_num) if variant == "full" else _plan_lite(mask, mask_num)
+
+
+def check_crop(plan: CropPlan, limit: int, what: str = "The object") -> None:
+    """Refuse a crop plan over `limit` pixels, saying why it is large and what to do instead."""
+    if plan.pixels <= limit:
+        return
+    r0, c0, r1, c1 = plan.box
+    raise LimitExceeded(
+        f"{what} is too spread out to encode: its {plan.area:,} marked pixels span a {c1 - c0 + 1}x{r1 - r0 + 1} "
+        f"box, which makes a {plan.out_w}x{plan.out_h} crop = {plan.pixels:,} pixels; the limit is {limit:,} "
+        f"pixels ({plan.pixels / limit:.1f}x too many). Mark it as one connected region (stray specks far "
+        "from the object cause this)."
+    )
+
+
+def _crop_full(frame: np.ndarray, mask: np.ndarray, plan: CropPlan, mask_num: int) -> ObjectCrop:
+    height, width = frame.shape[:2]
+    top, left, bottom, right = plan.top, plan.left, plan.bottom, plan.right
+    if bottom == top or right == left:
         raise ValueError("The mask touches only the last row or column of the frame; it cannot be cropped")
-    resized = cv2.resize(np.ascontiguousarray(crop), (out_w, out_h))
+    crop = frame[top:bottom, left:right]
+    crop_mask = mask[top:bottom, left:right]
+    resized = cv2.resize(np.ascontiguousarray(crop), (plan.out_w, plan.out_h))
     grid = F.interpolate(
         torch.from_numpy(crop_mask.astype(np.uint8))[None, None],
-        size=(out_h // PATCH, out_w // PATCH),
+        size=(plan.out_h // PATCH, plan.out_w // PATCH),
         mode="bilinear",
         align_corners=False,
     )[0, 0]
@@ -93,21 +169,13 @@ def _crop_full(frame: np.ndarray, mask: np.ndarray, mask_num: int) -> ObjectCrop
     )
 
 
-def _crop_lite(frame: np.ndarray, mask: np.ndarray, mask_num: int) -> ObjectCrop:
+def _crop_lite(frame: np.ndarray, mask: np.ndarray, plan: CropPlan, mask_num: int) -> ObjectCrop:
     height, width = frame.shape[:2]
-    r0, r1, c0, c1 = _bounds(mask)
-    top, left = max(0, r0 - MARGIN), max(0, c0 - MARGIN)
-    bottom_excl, right_excl = min(height, r1 + 1 + MARGIN), min(width, c1 + 1 + MARGIN)
+    top, left, bottom_excl, right_excl = plan.top, plan.left, plan.bottom, plan.right
+    out_h, out_w = plan.out_h, plan.out_w
     crop = frame[top:bottom_excl, left:right_excl]
     crop_mask = mask[top:bottom_excl, left:right_excl].astype(np.float32)
-    crop_h, crop_w = bottom_excl - top, right_excl - left
-    area = int(mask.sum())
-    scale: float = math.ceil(math.sqrt(196.0 * mask_num / max(area, 1)))
-    if scale == 1 and area / 196.0 > 50.0:
-        scale = 1.0 / math.sqrt((area / 196.0) / 50.0)
-    out_h = int(math.ceil(crop_h * scale / PATCH) * PATCH)
-    out_w = int(math.ceil(crop_w * scale / PATCH) * PATCH)
-    grow = out_h >= crop_h or out_w >= crop_w
+    grow = out_h >= bottom_excl - top or out_w >= right_excl - left
     resized = cv2.resize(
         np.ascontiguousarray(crop), (out_w, out_h), interpolation=cv2.INTER_LINEAR if grow else cv2.INTER_AREA
     )
@@ -127,11 +195,18 @@ def _crop_lite(frame: np.ndarray, mask: np.ndarray, mask_num: int) -> ObjectCrop
     )
 
 
-def plan_crop(frame: np.ndarray, mask: np.ndarray, variant: Variant, mask_num: int) -> ObjectCrop:
-    """Cut and rescale the crop of one non-empty boolean mask on its (H, W, 3) uint8 frame."""
-    if not mask.any():
-        raise ValueError("The mask is empty")
-    return _crop_full(frame, mask, mask_num) if variant == "full" else _crop_lite(frame, mask, mask_num)
+def plan_crop(
+    frame: np.ndarray, mask: np.ndarray, variant: Variant, mask_num: int, *, max_pixels: int | None = None
+) -> ObjectCrop:
+    """Cut and rescale the crop of one non-empty boolean mask on its (H, W, 3) uint8 frame.
+
+    With `max_pixels`, a plan over that many pixels is refused (`check_crop`) before the crop is made.
+    """
+    plan = crop_plan(mask, variant, mask_num)
+    if max_pixels is not None:
+        check_crop(plan, max_pixels)
+    crop = _crop_full if variant == "full" else _crop_lite
+    return crop(frame, mask, plan, mask_num)
 
 
 def global_view(frame: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from .chat import ChatObject, ChatSession, Reply
 from .generation import GenerationSettings
 from .images import load_image
-from .masks import export_png_zip, export_rle_json, object_color, to_bool_mask
+from .masks import clean_mask, export_png_zip, export_rle_json, object_color, to_bool_mask
 from .segment import Prompt, PromptError, SegmentResult, scribble_mask
 from .service import Service
 from .video import Clip, load_clip, overlay_image, write_overlay_video
@@ -225,10 +225,12 @@ class Workspace:
         return self._segment(prompt)
 
     def scribble(self, layer: np.ndarray, *, as_mask: bool = False) -> SegmentResult:
-        """A brush stroke: used as SAM prompt points, or (`as_mask`) as the mask itself."""
+        """A brush stroke: used as SAM prompt points, or (`as_mask`) as the mask itself, cleaned the way SAM's
+        masks are (`clean_mask`: tiny specks apart from the stroke dropped, tiny holes filled), since one stray
+        dot far away would make the object's crop too large to encode."""
         self._require_media()
         if as_mask:
-            result = scribble_mask(layer)
+            result = scribble_mask(clean_mask(layer))
             self.draft = _Draft(Prompt(mask=result.mask) if not result.empty else self.draft.prompt, result)
             return result
         prompt = Prompt(self.draft.prompt.points, self.draft.prompt.positive, self.draft.prompt.box, layer)
