@@ -32,7 +32,7 @@ from pixelrefer.cancellation import on_cancel as stop_on_cancel  # noqa: E402
 from pixelrefer.cancellation import stops_on_cancel  # noqa: E402
 from pixelrefer.examples import Example, load_examples  # noqa: E402
 from pixelrefer.generation import GenerationSettings  # noqa: E402
-from pixelrefer.images import ImageError, load_image  # noqa: E402
+from pixelrefer.images import ImageError, check_image_file, load_image  # noqa: E402
 from pixelrefer.limits import MediaRejected  # noqa: E402
 from pixelrefer.masks import EmptyMaskError, to_bool_mask  # noqa: E402
 from pixelrefer.redact import scrub  # noqa: E402
@@ -300,7 +300,22 @@ def on_click(ws, tool, evt: gr.SelectData):
     return (ws, *view(ws, message))
 
 
+class Painter(gr.ImageEditor):
+    """The brush panel. An ImageEditor decodes every image the browser sends (each layer, the background,
+    the composite) before any handler runs, so each is held to the upload limits from its header first:
+    a small PNG declaring 13000x13000 pixels is refused unread."""
+
+    def convert_and_format_image(self, file, flatten_on_white: bool = False):
+        if file is not None:
+            try:
+                check_image_file(file.path if hasattr(file, "path") else bytes(file), SERVICE.settings.media)
+            except ImageError as exc:
+                raise gr.Error(str(exc), print_exception=False) from None
+        return super().convert_and_format_image(file, flatten_on_white)
+
+
 def brush_layer(editor) -> np.ndarray | None:
+    """The painted strokes of a `Painter` value as one bool mask (its layers were checked on arrival)."""
     if not editor or not editor.get("layers"):
         return None
     layers = [np.asarray(layer) for layer in editor["layers"] if layer is not None]
@@ -641,7 +656,7 @@ def build(service: Service) -> gr.Blocks:
                     label="Click to mark objects", type="numpy", interactive=False, elem_id="canvas"
                 )
                 tool = gr.Radio(list(TOOLS), value="Object (click)", label="Mark with")
-                painter = gr.ImageEditor(
+                painter = Painter(
                     label="Paint over the object", type="numpy", visible=False, sources=[], layers=False,
                     transforms=[], brush=gr.Brush(colors=["#ff00ff"], default_size=12, color_mode="fixed"),
                 )  # fmt: skip

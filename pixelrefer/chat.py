@@ -27,6 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -39,7 +40,7 @@ from .inference import PixelRefer, Prepared, Video, frame_mask
 from .limits import ChatLimits
 from .processing import ObjectRef, Piece, Turn
 from .video import Clip
-from .warmup import WarmPlan, WarmReport, warm_up
+from .warmup import Gate, WarmPlan, WarmReport, warm_up
 
 __all__ = ["ChatLimits", "ChatObject", "ChatSession", "Exchange", "Reply", "parse_question"]
 
@@ -181,6 +182,8 @@ class ChatSession:
         self.last_prepared: Prepared | None = None
         self.version = 0
         self.version_lock = threading.Lock()
+        self.gate: Gate | None = None
+        """The app's model-event gate (`Service.gate`): each answer holds it, so background work waits."""
 
     @property
     def modality(self) -> Literal["image", "video"]:
@@ -403,6 +406,10 @@ class ChatSession:
         self.limits.check_history(len(self.history))
 
     def _run(self, exchange: Exchange) -> Iterator[Reply]:
+        with self.gate.event() if self.gate is not None else nullcontext():
+            yield from self._answer(exchange)
+
+    def _answer(self, exchange: Exchange) -> Iterator[Reply]:
         self._stop.clear()
         started = time.perf_counter()
         prepared = self.prepare(exchange)
@@ -488,6 +495,7 @@ class ChatSession:
         moved.frames = dict(self.frames)
         moved.objects = [replace(obj, masks=dict(obj.masks)) for obj in self.objects]
         moved._next_id, moved._next_color = self._next_id, self._next_color
+        moved.gate = self.gate
         self.close()
         return moved
 

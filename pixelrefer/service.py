@@ -28,6 +28,7 @@ from .loading import estimate_weight_bytes
 from .redact import scrub
 from .segment import Segmenter, load_segmenter
 from .synthetic import RELEASES, TINY, build_checkpoint, config_for
+from .warmup import Gate, Warmer
 
 __all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "SwitchRefused", "DEFAULT_MODEL"]
 
@@ -224,6 +225,10 @@ class Service:
     def __init__(self, settings: AppSettings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
+        self.gate = Gate()
+        """The model events in flight (answers, tracking, clicks): the warm-up waits while any runs."""
+        self.warmer = Warmer(self.gate)
+        """Precomputes each workspace's next answer while its visitor marks (`pixelrefer.warmup`)."""
         self.model: PixelRefer | None = None
         self.requested = settings.model
         self.segmenter: Segmenter | None = None
@@ -290,6 +295,7 @@ class Service:
             self.requested = source
             if self.model is not None and self.model.source == source:
                 return self.model
+            self.warmer.drop_all()
             if self.preview and source in RELEASES:
                 return self._load_preview(RELEASES[source][0])
             self.model = None

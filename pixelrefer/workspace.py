@@ -80,6 +80,7 @@ class Workspace:
     # ------------------------------------------------------------------ media
 
     def _reset(self) -> None:
+        self.service.warmer.drop(self)
         if self.session is not None:
             self.session.close()
         self.session = None
@@ -98,6 +99,7 @@ class Workspace:
         image = _fit(image, self.service.settings.media.max_side)
         self.image = image
         self.session = ChatSession(self._model(), image=image, limits=self.service.settings.chat)
+        self._warm()
 
     def open_video(self, path: str | Path) -> tuple[str, ...]:
         """Start over with a clip: sampled by the official rule within the limits; returns what was trimmed."""
@@ -106,6 +108,7 @@ class Workspace:
         self.clip = clip
         self.notes = clip.notes
         self.session = ChatSession(self._model(), clip=clip, limits=self.service.settings.chat)
+        self._warm()
         return clip.notes
 
     def open_example(self, example: Example) -> str:
@@ -119,6 +122,7 @@ class Workspace:
             added = self.session.add_object(masks, marked_frames=obj.marked_frames, name=obj.name)
             self.marks[added.id] = {}
         self.tracked = self.clip is not None
+        self._warm()
         return example.question
 
     @property
@@ -167,10 +171,19 @@ class Workspace:
             raise RuntimeError("The model is not loaded")
         return self.service.model
 
+    def _warm(self) -> None:
+        """Precompute the next answer while the visitor goes on marking or typing (`pixelrefer.warmup`): the
+        media's features, the objects' tokens, the prompt up to the question. Names never reach the model, so
+        renaming does not call this."""
+        if self.session is not None:
+            self.session.gate = self.service.gate
+            self.service.warmer.schedule(self, self.session)
+
     def sync_model(self) -> bool:
         """Follow a model switch: objects stay, the conversation restarts. True when it happened."""
         if self.session is not None and self.session.model is not self.service.model:
             self.session = self.session.move_to(self._model())
+            self._warm()
             return True
         return False
 
@@ -196,7 +209,8 @@ class Workspace:
         segmenter = self.service.segmenter
         if segmenter is None:
             raise RuntimeError("No segmenter is loaded")
-        result = segmenter.segment_image(self.frame, prompt)
+        with self.service.gate.event():
+            result = segmenter.segment_image(self.frame, prompt)
         self.draft = _Draft(prompt, result)
         return result
 
@@ -260,11 +274,13 @@ class Workspace:
             self.tracked = False
         self.target = None
         self.draft = _Draft(Prompt())
+        self._warm()
         return obj
 
     def delete(self, object_id: int) -> None:
         self._session().remove_object(object_id)
         self.marks.pop(object_id, None)
+        self._warm()
         if self.target == object_id:
             self.select(None)
 
@@ -290,12 +306,14 @@ class Workspace:
                 if f in self.clip.indices
             }
         self.cancel.clear()
-        tracks = segmenter.track(list(self.clip.frames), prompts, progress=progress, cancel=self.cancel)
+        with self.service.gate.event():
+            tracks = segmenter.track(list(self.clip.frames), prompts, progress=progress, cancel=self.cancel)
         for obj in session.objects:
             masks = {self.clip.indices[p]: m for p, m in tracks[obj.id].items() if m.any()}
             if masks:
                 session.replace_object(obj.id, masks, marked_frames=obj.marked_frames)
         self.tracked = True
+        self._warm()
 
     def overlay_video(self) -> Path:
         """The clip with every object drawn on every sampled frame, as a browser-playable mp4."""
@@ -407,6 +425,7 @@ class Workspace:
     def close(self) -> None:
         """Free the session's caches and delete this visitor's files."""
         self.cancel.set()
+        self.service.warmer.drop(self)
         if self.session is not None:
             self.session.close()
         self.session = None

@@ -192,3 +192,38 @@ def test_an_image_file_is_checked_from_its_header_without_decoding(tmp_path: Pat
         check_image_file(text, MediaLimits())
     with pytest.raises(ImageError, match=r"^ok\.png is 40x30 = 1,200 pixels; the limit is 1,000"):
         load_image(small, limits=MediaLimits(max_pixels=1000))
+
+
+def test_the_brush_panel_refuses_a_bomb_layer_unread_and_passes_a_real_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the browser sends as a brush layer is checked before Gradio's editor decodes it."""
+    import gradio as gr
+    from gradio.components.image_editor import EditorData
+    from gradio.data_classes import FileData
+    from PIL import ImageFile
+
+    import app
+
+    painter = app.Painter(type="numpy")
+    bomb = tmp_path / "layer.png"
+    bomb.write_bytes(png_header(13000, 13000))
+    decoded: list[object] = []
+    real_load = ImageFile.ImageFile.load
+
+    def spy(image: ImageFile.ImageFile):
+        decoded.append(image.size)
+        return real_load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
+    with pytest.raises(gr.Error) as refused:
+        painter.preprocess(EditorData(layers=[FileData(path=str(bomb))]))
+    assert refused.value.message.startswith("layer.png is 13000x13000 = 169,000,000 pixels; the limit is")
+    assert decoded == []
+    stroke = np.zeros((30, 40, 4), np.uint8)
+    stroke[5:10, 5:20] = (255, 0, 255, 255)
+    layer = tmp_path / "stroke.png"
+    Image.fromarray(stroke).save(layer)
+    value = painter.preprocess(EditorData(layers=[FileData(path=str(layer))]))
+    mask = app.brush_layer(value)
+    assert mask.shape == (30, 40) and mask.sum() == 75 and mask[5:10, 5:20].all()
