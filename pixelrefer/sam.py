@@ -39,6 +39,7 @@ from pixelrefer.masks import ObjectId, clean_mask
 from pixelrefer.segment import Progress, Prompt, Segmenter, SegmentResult, Tracks, rank_candidates
 
 __all__ = [
+    "EMBEDDING_CACHE_IMAGES",
     "SAM_SIZES",
     "FrameStore",
     "Sam2Segmenter",
@@ -58,6 +59,9 @@ SAM_SIZES = {
 }
 
 _WEIGHT_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json"]
+
+EMBEDDING_CACHE_IMAGES = 8
+"""Pictures whose SAM image features are kept (about 16 MB each at 1024 px in float32)."""
 
 # Hiera trunk shapes of the four official SAM 2.1 checkpoints (Meta's sam2.1_hiera_{t,s,b+,l}.yaml).
 _HIERA = {
@@ -283,7 +287,14 @@ class Sam2Segmenter(Segmenter):
 
     is_classical = False
 
-    def __init__(self, folder: str | os.PathLike, *, placement: SamPlacement, label: str) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        *,
+        placement: SamPlacement,
+        label: str,
+        cached_images: int = EMBEDDING_CACHE_IMAGES,
+    ) -> None:
         self.folder = Path(folder)
         self.placement = placement
         self.name = f"SAM 2.1 {label}"
@@ -299,7 +310,10 @@ class Sam2Segmenter(Segmenter):
         self.processor = sam_processor(self.image_size)
         self.last_track_stats: TrackStats | None = None
         self._video_model: Sam2VideoModel | None = None
-        self._embedded: tuple[str, list[torch.Tensor]] | None = None
+        # Image features by picture content, most recently used last: a visitor going back and forth
+        # between frames (or several visitors on their own pictures) only pays the image encoder once each.
+        self._embedded: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
+        self._cached_images = max(1, int(cached_images))
         # Clicks share the cached image features; tracking runs hold GPU memory. Each has its own lock, so
         # a long tracking run does not hold up clicks on another picture.
         self._click_lock = threading.Lock()
@@ -331,14 +345,20 @@ class Sam2Segmenter(Segmenter):
         return tensor.to(self.placement.device)
 
     def _embeddings(self, image: np.ndarray) -> list[torch.Tensor]:
-        """Image features, computed once per image: further clicks on it only run the light mask decoder."""
+        """Image features, computed once per picture: further clicks on it only run the prompt encoder and
+        the light mask decoder. Keyed by the pixels, so a frame seen again is recognised whatever its source."""
         digest = hashlib.blake2b(image.tobytes(), digest_size=16)
         digest.update(repr(image.shape).encode())
         key = digest.hexdigest()
-        if self._embedded is None or self._embedded[0] != key:
-            pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
-            self._embedded = (key, self.image_model.get_image_embeddings(self._to_device(pixels)))
-        return self._embedded[1]
+        if key in self._embedded:
+            self._embedded.move_to_end(key)
+            return self._embedded[key]
+        pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
+        embeddings = self.image_model.get_image_embeddings(self._to_device(pixels))
+        self._embedded[key] = embeddings
+        while len(self._embedded) > self._cached_images:
+            self._embedded.popitem(last=False)
+        return embeddings
 
     def _prompt_inputs(self, prompt: Prompt, height: int, width: int) -> tuple[dict[str, torch.Tensor], int]:
         points, labels = prompt.model_points()

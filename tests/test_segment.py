@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import cv2
 import numpy as np
@@ -43,6 +46,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@contextmanager
+def counted(model: Sam2Model) -> Iterator[Counter]:
+    """Runs of SAM's image encoder, prompt encoder and mask decoder while the block runs (forward hooks)."""
+    runs: Counter = Counter()
+    names = ("vision_encoder", "prompt_encoder", "mask_decoder")
+    hooks = [
+        getattr(model, name).register_forward_hook(lambda *_, name=name: runs.update([name]))
+        for name in names
+    ]
+    try:
+        yield runs
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def stroke(shape=(160, 200)) -> np.ndarray:
@@ -156,20 +175,51 @@ class TestSam2Image:
         refined = sam2.segment_image(image, base.with_point(100, 90, positive=False))
         assert not np.array_equal(first.mask, refined.mask)
 
-    def test_further_clicks_reuse_the_image_features(self, sam2: Sam2Segmenter, monkeypatch) -> None:
+    def test_further_clicks_run_only_the_prompt_decoder(self, sam2: Sam2Segmenter) -> None:
         image, _ = disc_scene()
         image = image.copy()
         image[0, 0] = 1  # a picture this test has to itself
-        calls = []
-        original = sam2.image_model.get_image_embeddings
-        monkeypatch.setattr(
-            sam2.image_model, "get_image_embeddings", lambda pixels: calls.append(1) or original(pixels)
+        with counted(sam2.image_model) as runs:
+            prompt = Prompt(points=[(90, 80)])
+            first = sam2.segment_image(image, prompt)
+            for x in (60, 120):
+                prompt = prompt.with_point(x, 80, positive=x < 100)
+                sam2.segment_image(image, prompt)
+            again = sam2.segment_image(image, Prompt(points=[(90, 80)]))
+        # One image encoding; every click ran the prompt encoder and the mask decoder (twice once a click
+        # refines: SAM's three candidates and its single best mask).
+        assert runs["vision_encoder"] == 1
+        assert runs["prompt_encoder"] == runs["mask_decoder"] == 1 + 2 + 2 + 1
+        assert np.array_equal(first.mask, again.mask) and first.score == again.score
+
+    def test_image_features_are_kept_for_the_most_recent_pictures(self, tiny_sam2_dir) -> None:
+        segmenter = Sam2Segmenter(
+            tiny_sam2_dir, placement=sam_placement("cpu", "float32"), label="tiny", cached_images=2
         )
-        prompt = Prompt(points=[(90, 80)])
-        for x in (60, 120):
-            prompt = prompt.with_point(x, 80, positive=x < 100)
-            sam2.segment_image(image, prompt)
-        assert len(calls) == 1
+        scene, _ = disc_scene()
+        pictures = []
+        for k in range(3):
+            picture = scene.copy()
+            picture[0, 0] = k
+            pictures.append(picture)
+        a, b, c = pictures
+        click = Prompt(points=[(90, 80)])
+        with counted(segmenter.image_model) as runs:
+            fresh = [segmenter.segment_image(picture, click).mask for picture in (a, b)]
+            assert runs["vision_encoder"] == 2
+            # Back to the first picture: its features are still there, and give the same mask.
+            assert np.array_equal(segmenter.segment_image(a, click).mask, fresh[0])
+            assert runs["vision_encoder"] == 2
+            # A third picture pushes out the least recently used (b), not the one just clicked (a).
+            segmenter.segment_image(c, click)
+            segmenter.segment_image(a, click)
+            assert runs["vision_encoder"] == 3
+            assert np.array_equal(segmenter.segment_image(b, click).mask, fresh[1])
+            assert runs["vision_encoder"] == 4
+        # A picture is recognised by its pixels, not by the array holding them.
+        with counted(segmenter.image_model) as runs:
+            segmenter.segment_image(b.copy(), click)
+        assert runs["vision_encoder"] == 0
 
     def test_all_marks_together(self, sam2: Sam2Segmenter) -> None:
         image, _ = disc_scene()
