@@ -47,9 +47,12 @@ class GenerationTimeout(RuntimeError):
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """What a caller may choose per request; `None` leaves the official default."""
+    """What a caller may choose per request; `None` leaves the official default.
 
-    max_new_tokens: int = 512
+    `max_new_tokens` defaults to the official `mm_infer`'s 2048; the app and the CLI set their own limit.
+    """
+
+    max_new_tokens: int = 2048
     do_sample: bool = False
     temperature: float | None = None
     top_p: float | None = None

@@ -435,31 +435,35 @@ class PixelRefer:
         tower, tokenizer = self.model.vision_tower, self.model.object_tokenizer
         lite = self.variant == "lite"
         device = tokenizer.pos_linear.weight.device
-        autocast = lite and device.type == "cuda" and self.dtype == torch.bfloat16
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        # As the official Lite code: the tower runs in the weights' dtype, and only the object tokenizer
+        # (pooling, k-means, OCI, projection) under bfloat16 autocast.
+        autocast = lite and self.dtype == torch.bfloat16
+        with torch.inference_mode():
             features = tower(plan.pixels, round_to_bfloat16=lite).to(device)
-            grids = plan.pixels.grid_thw.tolist()
-            pooled = []
-            for rows, (_, h, w), crop, permutation in zip(
-                features.split([h * w for _, h, w in grids]),
-                grids,
-                plan.crops,
-                plan.permutations,
-                strict=True,
-            ):
-                pooled.append(tokenizer.pool(rows.view(h, w, -1), crop, permutation))
             if lite:
                 local = tower(plan.local_pixels, round_to_bfloat16=True).to(device)
                 global_ = tower(plan.global_pixels, round_to_bfloat16=True).to(device)
-                n = len(pooled)
-                vectors = tokenizer.infuse(
-                    torch.stack(pooled),
-                    local.view(n, -1, local.shape[-1]),
-                    global_.view(n, -1, global_.shape[-1]),
-                ).reshape(-1, local.shape[-1])
-            else:
-                vectors = torch.cat(pooled)
-            rows = tokenizer.project(vectors)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                grids = plan.pixels.grid_thw.tolist()
+                pooled = []
+                for rows, (_, h, w), crop, permutation in zip(
+                    features.split([h * w for _, h, w in grids]),
+                    grids,
+                    plan.crops,
+                    plan.permutations,
+                    strict=True,
+                ):
+                    pooled.append(tokenizer.pool(rows.view(h, w, -1), crop, permutation))
+                if lite:
+                    n = len(pooled)
+                    vectors = tokenizer.infuse(
+                        torch.stack(pooled),
+                        local.view(n, -1, local.shape[-1]),
+                        global_.view(n, -1, global_.shape[-1]),
+                    ).reshape(-1, local.shape[-1])
+                else:
+                    vectors = torch.cat(pooled)
+                rows = tokenizer.project(vectors)
         if cache is not None:
             cache.put(plan.key, rows)
         return rows

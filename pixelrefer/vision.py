@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,15 @@ import torch
 from torch import nn
 from transformers import VideoLlama3VisionConfig, VideoLlama3VisionModel
 from transformers.image_utils import PILImageResampling, SizeDict
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.video_llama_3 import modeling_video_llama_3 as videollama3
 from transformers.models.video_llama_3.image_processing_pil_video_llama_3 import (
     VideoLlama3ImageProcessorPil,
 )
 
 __all__ = [
     "PATCH_SIZE",
+    "FrameBatchedAttention",
     "PixelReferImageProcessor",
     "ProcessedImages",
     "VisionTower",
@@ -169,12 +173,83 @@ def preprocess_images(
     )
 
 
+def _runs(lengths: list[int], max_batch: Callable[[int], int]) -> Iterator[tuple[int, int]]:
+    """(length, count) for consecutive images of equal length, at most `max_batch(length)` at a time."""
+    index = 0
+    while index < len(lengths):
+        length = lengths[index]
+        count = 1
+        limit = max(1, max_batch(length))
+        while index + count < len(lengths) and lengths[index + count] == length and count < limit:
+            count += 1
+        yield length, count
+        index += count
+
+
+class FrameBatchedAttention(videollama3.VideoLlama3VisionAttention):
+    """The tower's attention within each image, with runs of equal-size images batched into one call.
+
+    transformers' SDPA/eager path calls attention once per image and layer, so a 768-frame clip through
+    the 27 layers is 20,736 calls. Images never attend to each other, so each run of consecutive images of
+    one size is one batched call (the same maths per image); a run is split so that no call's score matrix
+    exceeds `max_scores` elements, which bounds eager attention's memory. Flash attention already takes the
+    packed sequence in one variable-length call and is left as it is.
+    """
+
+    max_scores = 2**28
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        max_seqlen: int | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        if videollama3.is_flash_attention_requested(self.config):
+            return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+        seq_length = hidden_states.shape[0]
+        shape = (seq_length, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape)
+        key = self.k_proj(hidden_states).view(shape)
+        value = self.v_proj(hidden_states).view(shape)
+        query, key = videollama3.apply_rotary_pos_emb_vision(query, key, *position_embeddings)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, videollama3.eager_attention_forward
+        )
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+        outputs, start = [], 0
+        for length, count in _runs(lengths, lambda n: self.max_scores // (self.num_heads * n * n)):
+            end = start + length * count
+            q, k, v = (
+                rows[start:end].view(count, length, self.num_heads, self.head_dim).transpose(1, 2)
+                for rows in (query, key, value)
+            )
+            output, _ = attention(
+                self,
+                q,
+                k,
+                v,
+                attention_mask=None,
+                scaling=self.scaling,
+                dropout=0.0 if not self.training else self.attention_dropout,
+                is_causal=False,
+                **kwargs,
+            )
+            outputs.append(output.reshape(count * length, -1))
+            start = end
+        return self.out_proj(torch.cat(outputs).contiguous()), None
+
+
 class VisionTower(nn.Module):
     """Holds the tower under the checkpoint's `vision_encoder.vision_encoder` prefix."""
 
     def __init__(self, config: VideoLlama3VisionConfig) -> None:
         super().__init__()
         self.vision_encoder = VideoLlama3VisionModel(config)
+        for layer in self.vision_encoder.encoder.layers:
+            # Same parameters, batched forward: swapping the class keeps the weights and their names.
+            layer.self_attn.__class__ = FrameBatchedAttention
 
     @property
     def hidden_size(self) -> int:
