@@ -37,6 +37,7 @@ from pixelrefer.limits import MediaRejected  # noqa: E402
 from pixelrefer.masks import EmptyMaskError, to_bool_mask  # noqa: E402
 from pixelrefer.redact import scrub  # noqa: E402
 from pixelrefer.segment import PromptError, TrackingCancelled  # noqa: E402
+from pixelrefer.servedfiles import cache_schedule, record_copy  # noqa: E402
 from pixelrefer.service import AppSettings, Service  # noqa: E402
 from pixelrefer.webguard import MODEL_QUEUE, RouteGuard  # noqa: E402
 from pixelrefer.workspace import Workspace  # noqa: E402
@@ -212,6 +213,7 @@ def workspace(ws: Workspace | None) -> Workspace:
     """This visitor's workspace, created on first use and kept in sync with the served model."""
     if ws is None:
         ws = Workspace(SERVICE)
+        ws.on_file = record_copy  # its downloads are deleted with the session
     if ws.sync_model():
         gr.Info(
             f"The model was switched to {SERVICE.display_name}: your objects are kept, the chat restarted."
@@ -805,6 +807,7 @@ def build(service: Service) -> gr.Blocks:
             api_name="ask",
             **model_events,
         )
+    demo.delete_cache = cache_schedule(settings.session_ttl_s)  # uploads and downloads of ended sessions
     # The model queue's bound (`queue_size`) is applied to model events only, by `RouteGuard`; Gradio's own
     # bound counts every event, so it is only the backstop against a flood of cheap ones.
     demo.queue(

@@ -3,8 +3,13 @@
 It keeps the demo usable offline or before SAM's weights arrive. On an image, clicks, a box and a scribble
 seed GrabCut's colour models. Through a clip, each frame is re-seeded from the neighbouring frame's mask:
 the eroded mask is sure object, a band around it may be either, everything beyond is background. Objects
-are followed forward and backward from every marked frame. Large frames are segmented at a working size
-and the mask scaled back, so a click or a tracking step stays well under half a second.
+are followed forward and backward from every marked frame.
+
+GrabCut's time grows with the pixels it labels (about 0.3 s for 300x300 on one busy core, 3 s for 640x640),
+so it works on a reduced copy and the mask is scaled back with smooth edges: a click or box on a picture
+of any size is segmented within `_CLICK_PIXELS`, on the box and a margin around it when there is a box
+(everything outside a box is background anyway), so a small boxed object keeps its detail. Tracking steps
+read the object's shape from the previous mask and work at the larger `_TRACK_SIDE`.
 """
 
 from __future__ import annotations
@@ -20,8 +25,13 @@ from pixelrefer.segment import Progress, Prompt, Segmenter, SegmentResult, Track
 
 __all__ = ["GrabCutSegmenter"]
 
-_WORK_SIDE = 640
-_IMAGE_ITERATIONS = 5
+_CLICK_PIXELS = 90_000
+"""Pixels GrabCut labels for a click, box or scribble (about 300x300): measured on the examples' objects,
+mean IoU 0.65 at this size and 0.68 at 640x640, for a tenth of the time."""
+_BOX_MARGIN = 0.25
+"""Background kept around a box, as a fraction of its sides, for GrabCut's background colour model."""
+_TRACK_SIDE = 640
+_IMAGE_ITERATIONS = 4
 _TRACK_ITERATIONS = 3
 _SAME_COLOUR = 12.0
 """Largest Lab distance (OpenCV's 8-bit Lab) from the marked pixels' median colour that counts as the same
@@ -31,8 +41,31 @@ _BAND = 0.35
 (sqrt of its area): how far an object may move between two sampled frames."""
 
 
-def _work_scale(shape: tuple[int, ...]) -> float:
-    return min(1.0, _WORK_SIDE / max(shape[:2]))
+def _track_scale(shape: tuple[int, ...]) -> float:
+    return min(1.0, _TRACK_SIDE / max(shape[:2]))
+
+
+def _click_window(prompt: Prompt, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the part of the picture GrabCut looks at: all of it, or the box with a margin."""
+    height, width = shape[:2]
+    if prompt.box is None:
+        return 0, 0, width, height
+    x0, y0, x1, y1 = prompt.box
+    mx, my = max(8.0, _BOX_MARGIN * (x1 - x0)), max(8.0, _BOX_MARGIN * (y1 - y0))
+    marks = [(x, y) for x, y in prompt.points]
+    if prompt.scribble is not None and prompt.scribble.any():
+        rows, cols = np.nonzero(prompt.scribble)
+        marks += [(cols.min(), rows.min()), (cols.max(), rows.max())]
+    left = min([x0 - mx] + [x for x, _ in marks])
+    top = min([y0 - my] + [y for _, y in marks])
+    right = max([x1 + mx] + [x + 1 for x, _ in marks])
+    bottom = max([y1 + my] + [y + 1 for _, y in marks])
+    return (
+        max(0, int(np.floor(left))),
+        max(0, int(np.floor(top))),
+        min(width, int(np.ceil(right))),
+        min(height, int(np.ceil(bottom))),
+    )
 
 
 def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
@@ -44,10 +77,13 @@ def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
 
 
 def _restore(found: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A working-size mask back at the frame's own size."""
+    """A mask at another size: interpolated and cut at half, so an enlarged mask has smooth edges, not steps."""
     if found.shape == shape[:2]:
         return found
-    return cv2.resize(found.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+    shrinking = found.shape[0] * found.shape[1] > shape[0] * shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    scaled = cv2.resize(found.astype(np.uint8) * 255, (shape[1], shape[0]), interpolation=interpolation)
+    return scaled >= 128
 
 
 def _run_grabcut(image: np.ndarray, seeds: np.ndarray, iterations: int) -> np.ndarray:
@@ -72,6 +108,20 @@ def _keep_touching(mask: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     touched = np.unique(labels[anchors & mask])
     touched = touched[touched > 0]
     return np.isin(labels, touched)
+
+
+def _shift(prompt: Prompt, x0: int, y0: int, shape: tuple[int, ...]) -> Prompt:
+    """The prompt in the coordinates of the window whose top-left corner is (x0, y0)."""
+    if (x0, y0) == (0, 0) and (prompt.scribble is None or prompt.scribble.shape == shape[:2]):
+        return prompt
+    height, width = shape[:2]
+    box = None
+    if prompt.box is not None:
+        bx0, by0, bx1, by1 = prompt.box
+        box = (bx0 - x0, by0 - y0, bx1 - x0, by1 - y0)
+    scribble = None if prompt.scribble is None else prompt.scribble[y0 : y0 + height, x0 : x0 + width]
+    points = tuple((x - x0, y - y0) for x, y in prompt.points)
+    return Prompt(points, prompt.positive, box, scribble)
 
 
 def _seed_from_prompt(prompt: Prompt, shape: tuple[int, int], scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -142,18 +192,23 @@ class GrabCutSegmenter(Segmenter):
         self.notice = notice
 
     def _segment(self, image: np.ndarray, prompt: Prompt) -> SegmentResult:
-        scale = _work_scale(image.shape)
-        small = _resize(image, scale, cv2.INTER_AREA)
-        seeds, marked = _seed_from_prompt(prompt, small.shape[:2], scale)
+        x0, y0, x1, y1 = _click_window(prompt, image.shape)
+        window = image[y0:y1, x0:x1]
+        local = _shift(prompt, x0, y0, window.shape)
+        scale = min(1.0, float(np.sqrt(_CLICK_PIXELS / (window.shape[0] * window.shape[1]))))
+        small = _resize(window, scale, cv2.INTER_AREA)
+        seeds, marked = _seed_from_prompt(local, small.shape[:2], scale)
         _open_same_colour(small, seeds, marked)
         found = _keep_touching(_run_grabcut(small, seeds, _IMAGE_ITERATIONS), marked)
-        return rank_candidates([(_restore(found, image.shape), None)], segmenter=self.name, is_classical=True)
+        mask = np.zeros(image.shape[:2], bool)
+        mask[y0:y1, x0:x1] = _restore(found, window.shape)
+        return rank_candidates([(mask, None)], segmenter=self.name, is_classical=True)
 
     def _follow(self, frame: np.ndarray, previous: np.ndarray) -> np.ndarray:
         """The object on `frame`, re-seeded from its mask on the neighbouring frame."""
         if not previous.any():
             return previous.copy()
-        scale = _work_scale(frame.shape)
+        scale = _track_scale(frame.shape)
         small = _resize(frame, scale, cv2.INTER_AREA)
         prior = _restore(previous, small.shape)
         if not prior.any():

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pixelrefer import grabcut as grabcut_module
 from pixelrefer.grabcut import GrabCutSegmenter
 from pixelrefer.segment import Prompt, TrackingCancelled
 
@@ -87,6 +88,23 @@ def test_large_image_is_segmented_at_working_size(grabcut) -> None:
     result = grabcut.segment_image(big_image, Prompt(points=[(450, 400)]))
     assert result.mask.shape == (800, 1000)
     assert iou(result.mask, big_truth) >= 0.9
+
+
+def test_a_small_boxed_object_in_a_large_picture_keeps_its_detail(grabcut, monkeypatch) -> None:
+    """GrabCut labels at most _CLICK_PIXELS, on the box and its margin: a 60 px disc in a 1600x1200 picture
+    is segmented near full resolution, not at a fifth of it, and nothing outside the window is touched."""
+    sizes = []
+    original = cv2.grabCut
+    monkeypatch.setattr(
+        cv2, "grabCut", lambda image, *rest: sizes.append(image.shape[:2]) or original(image, *rest)
+    )
+    truth = disc_mask(1200, 1600, (1210, 340), 30)
+    image = paint(textured(1200, 1600, seed=3), truth, (40, 90, 220))
+    result = grabcut.segment_image(image, Prompt(box=box_of(truth, margin=6)))
+    assert result.mask.shape == (1200, 1600)
+    assert iou(result.mask, truth) >= 0.85  # 0.90 measured; the whole picture at 640 px gave 0.0
+    ((rows, cols),) = sizes
+    assert rows * cols <= grabcut_module._CLICK_PIXELS and min(rows, cols) >= 60
 
 
 def test_tracks_two_objects_both_ways(grabcut) -> None:
