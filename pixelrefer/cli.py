@@ -1,4 +1,8 @@
-"""`python -m pixelrefer chat ...`: ask one question about marked objects from the command line.
+"""`python -m pixelrefer chat|batch|report|engine`: ask from the command line, answer a file of items, show them.
+
+`chat` asks one question; `batch` answers a JSONL file of items (see `pixelrefer.batch`) into a JSONL
+file, resumably, and `report` turns answers into an HTML gallery; `engine` runs the vLLM server that
+`--engine vllm --engine-url` connects to.
 
 Inputs are read and checked before the model loads (loading takes seconds to minutes); every failure
 ends with one line on stderr and a non-zero exit, never a traceback; library logging stays off the
@@ -73,7 +77,61 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"])
     chat.add_argument("--json", action="store_true", help='print one {"text", "token_ids", "timings"} object')
     chat.add_argument("question", help="the question; refer to objects as <object1>, <object2>, ...")
+    _batch_parsers(commands)
     return parser
+
+
+def _model_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    command.add_argument("--device", default="auto")
+    command.add_argument("--dtype", default="auto")
+    command.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"])
+
+
+def _batch_parsers(commands) -> None:
+    batch = commands.add_parser(
+        "batch",
+        help="answer a JSONL file of items (media, masks, questions) into a JSONL file",
+        description="Answer every item of ITEMS into OUT (resumable: answered items are skipped on restart; "
+        "a bad item becomes an error row). Items are described in pixelrefer/batch.py and examples/batch/.",
+    )
+    batch.add_argument("items", help="JSONL file, one item per line")
+    batch.add_argument("--out", required=True, help="JSONL answers (appended to)")
+    _model_flags(batch)
+    batch.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
+    batch.add_argument(
+        "--engine-url", default="", help="a running vLLM server (else --engine vllm starts one)"
+    )
+    batch.add_argument(
+        "--workers", type=int, default=None, help="items at once (default: what the engine takes)"
+    )
+    batch.add_argument(
+        "--shard", default="0/1", help="K/N: every N-th item from the K-th (one process per GPU)"
+    )
+    batch.add_argument("--max-new-tokens", type=int, default=512)
+    batch.add_argument("--seed", type=int, default=1234)
+    batch.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    batch.add_argument("--temperature", type=float, default=None)
+    batch.add_argument("--top-p", type=float, default=None)
+    batch.add_argument("--report", default="", help="also write the HTML gallery here")
+    report = commands.add_parser("report", help="an HTML gallery of batch answers, models side by side")
+    report.add_argument("items", help="the items file the answers are for")
+    report.add_argument("answers", nargs="+", help="answers files, one column each (e.g. full and Lite)")
+    report.add_argument("--out", required=True, help="HTML file to write")
+    report.add_argument("--title", action="append", default=None, help="column titles, in order")
+    engine = commands.add_parser(
+        "engine",
+        help="export the checkpoint's LLM and run a vLLM server for it (for --engine-url)",
+        description="Runs in the foreground until interrupted; prints the URL to pass as --engine-url.",
+    )
+    _model_flags(engine)
+    engine.add_argument("--host", default="127.0.0.1")
+    engine.add_argument("--port", type=int, default=8000)
+    engine.add_argument("--max-num-seqs", type=int, default=16, help="answers decoded at once")
+    engine.add_argument(
+        "--tensor-parallel-size", type=int, default=1, help="GPUs to split the LLM over (untested)"
+    )
+    engine.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="vLLM's share of the GPU")
 
 
 def _existing(path: str, what: str) -> Path:
@@ -217,6 +275,100 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace):
+    from .inference import PixelRefer
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return PixelRefer.from_pretrained(
+            args.model, device=args.device, dtype=args.dtype, quantization=args.quantization
+        )
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from .batch import run_batch
+    from .engines import build_engine
+    from .generation import GenerationSettings
+
+    items = _existing(args.items, "items file")
+    match = re.fullmatch(r"(\d+)/(\d+)", args.shard)
+    if not match or not int(match[1]) < int(match[2]):
+        raise CliError(f"--shard is K/N with 0 <= K < N; got {args.shard!r}")
+    try:
+        settings = GenerationSettings(
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    model = _load(args)
+    engine = None
+    if args.engine == "vllm":
+        model.engine = engine = build_engine("vllm", model, url=args.engine_url)
+    try:
+        summary = run_batch(
+            model,
+            items,
+            args.out,
+            settings=settings,
+            workers=args.workers,
+            shard=(int(match[1]), int(match[2])),
+        )
+    finally:
+        if engine is not None:
+            engine.close()
+    print(
+        f"{summary.answered} answered, {summary.failed} errors, {summary.skipped} already done "
+        f"({summary.items_per_s:.2f} items/s) -> {args.out}",
+        file=sys.stderr,
+    )
+    if args.report:
+        from .report import write_report
+
+        write_report(items, [args.out], args.report)
+        print(f"report: {args.report}", file=sys.stderr)
+    return 0 if summary.failed == 0 else 3
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    items = _existing(args.items, "items file")
+    answers = [_existing(a, "answers file") for a in args.answers]
+    if args.title and len(args.title) != len(answers):
+        raise CliError(f"give one --title per answers file ({len(answers)}), or none")
+    write_report(items, answers, args.out, titles=args.title)
+    print(f"report: {args.out}", file=sys.stderr)
+    return 0
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from .engines.export import export_llm
+    from .engines.vllm_server import VllmServer
+
+    model = _load(args)
+    export, dtype = export_llm(model.folder, model.dtype), str(model.dtype).removeprefix("torch.")
+    del model  # the server process holds the LLM; this one needs nothing more
+    server = VllmServer(
+        export,
+        host=args.host,
+        port=args.port,
+        dtype=dtype,
+        max_num_seqs=args.max_num_seqs,
+        tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+    )
+    print(f"vLLM engine for {args.model}: --engine vllm --engine-url {server.url}", flush=True)
+    try:
+        while server.process.poll() is None:
+            time.sleep(1)
+    finally:
+        server.close()
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -235,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        return _chat(args)
+        return {"chat": _chat, "batch": _batch, "report": _report, "engine": _engine}[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -63,7 +63,7 @@ class VllmEngine(DecodeEngine):
         self._max_concurrency = max_concurrency
         self._server = server
         self._timeout = request_timeout_s
-        self._salts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._salts: dict[int, str] = {}
         self.check()
 
     @property
@@ -113,8 +113,15 @@ class VllmEngine(DecodeEngine):
         if request.prefix is not None:
             # The server's prefix cache is shared; a per-conversation salt keeps one visitor's cached
             # rows from ever answering (or timing) another's.
-            body["cache_salt"] = self._salts.setdefault(request.prefix, secrets.token_urlsafe(32))
+            body["cache_salt"] = self._salt(request.prefix)
         return body
+
+    def _salt(self, conversation: object) -> str:
+        key = id(conversation)
+        if key not in self._salts:
+            self._salts[key] = secrets.token_urlsafe(32)
+            weakref.finalize(conversation, self._salts.pop, key, None)
+        return self._salts[key]
 
     def decode(self, request: DecodeRequest) -> Iterator[StepOutput]:
         if request.keep_first_logits:

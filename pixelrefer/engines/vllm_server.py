@@ -51,7 +51,7 @@ def _free_port() -> int:
 
 
 class VllmServer:
-    """A vLLM server process serving `export` on 127.0.0.1; `close()` (or interpreter exit) stops it.
+    """A vLLM server process serving `export` (on 127.0.0.1 by default); `close()` (or interpreter exit) stops it.
 
     `max_num_seqs` is how many answers it decodes at once; `kv_cache_gib` is the CPU KV-cache size (on a
     GPU, `gpu_memory_utilization` is its share of the GPU, the rest being left to the vision tower).
@@ -62,6 +62,8 @@ class VllmServer:
         export: LlmExport,
         *,
         python: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
         dtype: str = "float32",
         max_model_len: int = 8192,
         max_num_seqs: int = 16,
@@ -77,15 +79,15 @@ class VllmServer:
             )
         self.export = export
         self.max_num_seqs = max_num_seqs
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = port or _free_port()
+        self.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{self.port}"
         logs = default_cache_dir() / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.log_path = logs / f"vllm-{self.port}.log"
         command = [
             str(python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(export.folder), "--served-model-name", export.name,
-            "--host", "127.0.0.1", "--port", str(self.port),
+            "--host", host, "--port", str(self.port),
             "--dtype", dtype, "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
             "--enable-prompt-embeds", "--enable-prefix-caching", "--generation-config", "vllm",
             "--logits-processors", "pixelrefer_penalty:GeneratedRepetitionPenalty",
