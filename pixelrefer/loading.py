@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import psutil
 import torch
 from transformers import (
     AutoConfig,
@@ -31,12 +32,19 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from .config import PixelReferConfig
-from .devices import Placement, plan_loading, visible_gpus
+from .devices import GIB, Placement, PlacementError, plan_loading, visible_gpus
 from .hub import WeightsUnavailable, is_hub_id, resolve_source
 from .model import PixelReferForCausalLM
 from .vision import PixelReferImageProcessor, build_processor, load_vision_config, vision_config_from_dict
 
-__all__ = ["Loaded", "Quantization", "estimate_weight_bytes", "load_checkpoint", "read_config"]
+__all__ = [
+    "Loaded",
+    "Quantization",
+    "check_cpu_memory",
+    "estimate_weight_bytes",
+    "load_checkpoint",
+    "read_config",
+]
 
 Quantization = Literal["8bit", "4bit"] | None
 
@@ -139,6 +147,24 @@ def estimate_weight_bytes(config: PixelReferConfig, dtype: torch.dtype, quantiza
     return int(total)
 
 
+CPU_HEADROOM = 0.15
+"""Memory kept free beyond the weights for a CPU load (activations, tokenizer, the app itself)."""
+
+
+def check_cpu_memory(need_bytes: int, dtype: torch.dtype, available_bytes: int | None = None) -> None:
+    """Refuse a CPU load whose weights do not fit in the memory available now (`psutil`), before a byte is
+    read: otherwise the out-of-memory killer ends the process mid-load (7B in float32 needs about 30 GB)."""
+    available = int(psutil.virtual_memory().available) if available_bytes is None else int(available_bytes)
+    if need_bytes * (1 + CPU_HEADROOM) <= available:
+        return
+    name = str(dtype).removeprefix("torch.")
+    raise PlacementError(
+        f"The model needs about {need_bytes / GIB:.1f} GiB of memory in {name} (plus {CPU_HEADROOM:.0%} to run); "
+        f"this machine has {available / GIB:.1f} GiB available. Use a smaller model, --dtype bfloat16 "
+        "(half of float32), or a GPU"
+    )
+
+
 def _check_files(folder: Path, source: str) -> None:
     if not any((folder / name).is_file() for name in _WEIGHT_FILES):
         raise WeightsUnavailable(source, "no weights found (model.safetensors or pytorch_model*.bin)")
@@ -218,6 +244,8 @@ def load_checkpoint(
     placement, torch_dtype = plan_loading(
         device, dtype, visible_gpus(), lambda chosen: estimate_weight_bytes(config, chosen, quantization)
     )
+    if placement.devices == ("cpu",):
+        check_cpu_memory(estimate_weight_bytes(config, torch_dtype, quantization), torch_dtype)
     config._attn_implementation = attn_implementation
     config.vision_config._attn_implementation = attn_implementation
     with _quiet():
