@@ -81,6 +81,8 @@ class AppSettings:
     port: int = 7860
     concurrency: int = 1
     queue_size: int = 16
+    engine: str = "transformers"
+    engine_url: str = ""
     preview_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "pixelrefer" / "preview")
     media: MediaLimits = field(default_factory=lambda: APP_MEDIA_LIMITS)
     chat: ChatLimits = field(default_factory=ChatLimits)
@@ -135,6 +137,17 @@ class AppSettings:
         parser.add_argument("--port", type=int, default=int(default("port", base.port)))
         parser.add_argument("--concurrency", type=int, default=int(default("concurrency", base.concurrency)))
         parser.add_argument("--queue-size", type=int, default=int(default("queue_size", base.queue_size)))
+        parser.add_argument(
+            "--engine",
+            default=default("engine", base.engine),
+            choices=["transformers", "vllm"],
+            help="what decodes: in-process transformers (one answer at a time) or a vLLM server (many at once)",
+        )
+        parser.add_argument(
+            "--engine-url",
+            default=default("engine_url", base.engine_url),
+            help="a running vLLM server (`python -m pixelrefer engine`); without it --engine vllm starts one",
+        )
         operator = parser.add_argument_group("what visitors may do (off unless the operator enables it)")
         operator.add_argument(
             "--allow-model-switch",
@@ -192,6 +205,8 @@ class AppSettings:
             port=args.port,
             concurrency=max(1, args.concurrency),
             queue_size=max(1, args.queue_size),
+            engine=args.engine,
+            engine_url=args.engine_url,
             allow_model_switch=args.allow_model_switch,
             monitoring=args.monitoring,
             media=replace(base.media, **values["media"]),
@@ -237,6 +252,8 @@ class Service:
         self._preview_paths: dict[str, Path] = {}
         self._estimates: dict[str, float] = {}
         self.started_s = 0.0
+        self.engine_notice = ""
+        self._engine = None
         self.generation = 0
         """Counts the model switches, so that every page can tell its panel and banner are out of date."""
 
@@ -306,6 +323,7 @@ class Service:
                     dtype=self.settings.dtype,
                     quantization=self.settings.quantization,
                 )
+                self._attach_engine(self.model)
                 self.preview = False
                 self.preview_reason = ""
             except WeightsUnavailable as exc:
@@ -327,7 +345,45 @@ class Service:
         folder = self._preview_checkpoint(variant)
         if self.model is None or self.model.source != str(folder):
             self.model = PixelRefer.from_pretrained(str(folder), device="cpu", dtype="float32")
+            self._attach_engine(self.model)
         return self.model
+
+    def _attach_engine(self, model: PixelRefer) -> None:
+        """Give `model` the configured decode engine; when vLLM cannot serve, decode in-process and say why."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+        self.engine_notice = ""
+        if self.settings.engine == "transformers":
+            return
+        from .engines import build_engine
+
+        try:
+            self._engine = build_engine(
+                "vllm",
+                model,
+                url=self.settings.engine_url,
+                max_concurrency=max(16, self.settings.concurrency),
+            )
+            model.engine = self._engine
+        except Exception as exc:  # the app keeps serving with the in-process engine
+            _log.exception("The vLLM engine is not available; decoding in-process")
+            self.engine_notice = (
+                f"The vLLM engine is not available ({type(exc).__name__}: {str(exc).splitlines()[0]}); answers are decoded "
+                "in-process, one at a time."
+            )
+
+    @property
+    def model_concurrency(self) -> int:
+        """How many model events run at once: the engine's capacity (vLLM decodes many), at least --concurrency."""
+        capacity = self.model.engine.max_concurrency if self.model is not None else 1
+        return max(self.settings.concurrency, capacity)
+
+    def close(self) -> None:
+        """Stop what the service started (a vLLM server)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def release_memory(self) -> None:
         """After an out-of-memory error: drop what Python and the CUDA allocator hold on to."""
@@ -354,6 +410,8 @@ class Service:
             )
         if self.segmenter is not None and self.segmenter.notice:
             lines.append(f"**Masks:** {self.segmenter.notice}")
+        if self.engine_notice:
+            lines.append(f"**Engine:** {self.engine_notice}")
         return scrub("\n\n".join(lines))
 
     def status(self) -> dict[str, str]:
@@ -377,6 +435,7 @@ class Service:
             "dtype": model.placement.dtype_note or str(model.dtype).removeprefix("torch."),
             "quantization": model.quantization or "none",
             "memory": memory,
+            "engine": model.engine.name,
             "segmenter": self.segmenter.name if self.segmenter else "none",
         }
 
