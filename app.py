@@ -15,11 +15,13 @@ import functools
 import html
 import inspect
 import json
+import logging
 import os
 import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -30,7 +32,7 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from pixelrefer.cancellation import on_cancel as stop_on_cancel  # noqa: E402
 from pixelrefer.cancellation import stops_on_cancel  # noqa: E402
-from pixelrefer.examples import Example, load_examples  # noqa: E402
+from pixelrefer.examples import Example, load_examples, thumbnail  # noqa: E402
 from pixelrefer.generation import GenerationSettings  # noqa: E402
 from pixelrefer.images import ImageError, check_image_file, load_image  # noqa: E402
 from pixelrefer.limits import MediaRejected  # noqa: E402
@@ -42,6 +44,7 @@ from pixelrefer.service import AppSettings, Service  # noqa: E402
 from pixelrefer.webguard import MODEL_QUEUE, RouteGuard  # noqa: E402
 from pixelrefer.workspace import Workspace  # noqa: E402
 
+_log = logging.getLogger("pixelrefer.app")
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE / "examples"
 ASSETS = HERE / "assets"
@@ -115,19 +118,29 @@ def colour_tags(ws: Workspace | None, text: str) -> str:
 
 
 def chips(ws: Workspace | None) -> str:
-    """The objects as coloured chips."""
+    """The objects as chips in their colours (the colour of their masks and of their tags in the chat)."""
     objects = ws.objects() if ws else []
     if not objects:
-        return '<div class="chips">No objects yet: click on something in the picture, then <b>Keep object</b>.</div>'
+        return '<div class="chips">No objects yet: click on something in the picture, then Keep object.</div>'
     parts = []
     for obj in objects:
+        colour = ws.color_of(obj)
         name = f" {html.escape(obj.name)}" if obj.name else ""
         frames = "" if ws.kind == "image" else f" · {len(obj.masks)} frame(s)"
         parts.append(
-            f'<span class="chip" style="border-color:{ws.color_of(obj)};color:{ws.color_of(obj)}">'
-            f"&lt;object{obj.id}&gt;{name}{frames}</span>"
+            f'<span class="chip" style="border-color:{colour};color:{colour}">'
+            f'<i class="swatch" style="background:{colour}"></i>&lt;object{obj.id}&gt;{name}{frames}</span>'
         )
     return '<div class="chips">' + " ".join(parts) + "</div>"
+
+
+def answer_html(ws: Workspace, text: str, finished: bool = False) -> str:
+    """An answer as the chat shows it: tags in colour, marked as the preview's when the preview answers, and a
+    note in place of an answer that ended before its first word."""
+    tag = '<span class="preview-tag">preview</span> ' if ws.service.preview else ""
+    if finished and not text.strip():
+        return tag + "*(no text: the model ended its answer at once; try Regenerate)*"
+    return tag + colour_tags(ws, text)
 
 
 def history(ws: Workspace | None) -> list[dict]:
@@ -140,22 +153,51 @@ def history(ws: Workspace | None) -> list[dict]:
         note = {"stopped": " *(stopped)*", "timeout": " *(stopped: time budget reached)*"}.get(
             exchange.finish_reason, ""
         )
-        messages.append({"role": "assistant", "content": colour_tags(ws, exchange.answer) + note})
+        messages.append({"role": "assistant", "content": answer_html(ws, exchange.answer, True) + note})
     return messages
 
 
+NEW_OBJECT = 0
+"""The object picker's first choice: new marks make a new object."""
+
+
 def object_choices(ws: Workspace | None) -> list[tuple[str, int]]:
-    return [(f"<object{o.id}>{' ' + o.name if o.name else ''}", o.id) for o in (ws.objects() if ws else [])]
+    objects = ws.objects() if ws else []
+    return [("new object", NEW_OBJECT)] + [
+        (f"<object{o.id}>{' ' + o.name if o.name else ''}", o.id) for o in objects
+    ]
+
+
+def quick_actions(ws: Workspace | None) -> tuple:
+    """Describe and relate, following the objects that exist and the one picked."""
+    objects = ws.objects() if ws else []
+    if not objects:
+        return gr.update(visible=False), gr.update(visible=False)
+    picked = ws.target if ws.target is not None else objects[0].id if len(objects) == 1 else None
+    label = f"Describe <object{picked}>" if picked is not None else f"Describe each object ({len(objects)})"
+    describe = gr.update(visible=True, value=label)
+    if len(objects) < 2:
+        return describe, gr.update(visible=False)
+    first, second = _pair(ws)
+    return describe, gr.update(visible=True, value=f"How do {first.tag} and {second.tag} relate?")
+
+
+def _pair(ws: Workspace):
+    """The picked object (or the first) and the next other one: what the relate action asks about."""
+    objects = ws.objects()
+    first = next((o for o in objects if o.id == ws.target), objects[0])
+    second = next(o for o in objects if o.id != first.id)
+    return first, second
 
 
 def view(ws: Workspace | None, message: str = "") -> tuple:
-    """Canvas, chips, object picker and the marking message: what most events refresh."""
+    """Canvas, chips, object picker, the marking message and the quick actions: what most events refresh."""
     canvas = ws.canvas() if ws is not None and ws.kind != "none" else None
-    choices = object_choices(ws)
-    selected = ws.target if ws is not None and ws.target is not None else None
+    selected = ws.target if ws is not None and ws.target is not None else NEW_OBJECT
     # The message is Markdown: tags such as <object1> must show as text, not vanish as unknown HTML.
     message = message.replace("<", "&lt;").replace(">", "&gt;")
-    return canvas, chips(ws), gr.update(choices=choices, value=selected), message
+    picker = gr.update(choices=object_choices(ws), value=selected)
+    return (canvas, chips(ws), picker, message, *quick_actions(ws))
 
 
 def settings_of(max_new_tokens, sample, temperature, top_p, seed) -> GenerationSettings:
@@ -171,18 +213,22 @@ def settings_of(max_new_tokens, sample, temperature, top_p, seed) -> GenerationS
 # ---------------------------------------------------------------------- errors
 
 
-def friendly(fn: Callable) -> Callable:
-    """Expected problems become a message for the visitor; anything else a short apology. Nothing crashes."""
+def explain(exc: BaseException) -> gr.Error:
+    """What the visitor is told about a problem: the library's own message, or a short apology."""
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, EXPECTED):
+        return gr.Error(scrub(str(exc)), print_exception=False)
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        SERVICE.release_memory()
+        return gr.Error("The server ran out of memory for this request; try a smaller clip or fewer tokens.")
+    _log.error("Unexpected error in an event", exc_info=exc)
+    return gr.Error(f"Something went wrong ({type(exc).__name__}); please try again.")
 
-    def explain(exc: BaseException) -> gr.Error:
-        if isinstance(exc, EXPECTED):
-            return gr.Error(scrub(str(exc)), print_exception=False)
-        if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-            SERVICE.release_memory()
-            return gr.Error(
-                "The server ran out of memory for this request; try a smaller clip or fewer tokens."
-            )
-        return gr.Error(f"Something went wrong ({type(exc).__name__}); please try again.")
+
+def friendly(fn: Callable) -> Callable:
+    """For the named API: expected problems become a `gr.Error` with the message; anything else a short
+    apology. Nothing crashes."""
 
     if not inspect.isgeneratorfunction(inspect.unwrap(fn)):
 
@@ -209,6 +255,40 @@ def friendly(fn: Callable) -> Callable:
     return streaming
 
 
+def gentle(restore: Callable[..., tuple] | None = None) -> Callable[[Callable], Callable]:
+    """For the page's own events: a problem becomes a toast (its tags escaped, so `<object9>` shows) and every
+    output keeps its last good value, so no component is left in Gradio's error state. An event whose input
+    the browser already changed (an upload) gives `restore(*args, message=...)` instead of no change."""
+
+    def settle(exc: BaseException, args: tuple):
+        message = explain(exc).message
+        gr.Warning(html.escape(message))
+        return gr.skip() if restore is None else restore(*args, message=message)
+
+    def wrap(fn: Callable) -> Callable:
+        if not inspect.isgeneratorfunction(inspect.unwrap(fn)):
+
+            @functools.wraps(fn)
+            def plain(*args, **kwargs):
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    return settle(exc, args)
+
+            return plain
+
+        @functools.wraps(fn)
+        def streaming(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:
+                yield settle(exc, args)
+
+        return streaming
+
+    return wrap
+
+
 def workspace(ws: Workspace | None) -> Workspace:
     """This visitor's workspace, created on first use and kept in sync with the served model."""
     if ws is None:
@@ -229,64 +309,75 @@ def close_workspace(ws: Workspace | None) -> None:
 # ---------------------------------------------------------------------- events: media
 
 
-@friendly
-def on_image(ws, image):
-    if image is None:
-        return (ws, *view(ws, ""))
-    ws = workspace(ws)
-    ws.open_image(image)
-    return (ws, *view(ws, "Click on an object to mark it."))
+def media_view(ws: Workspace | None, message: str) -> tuple:
+    """After new media: `view`, the clip timeline (shown for clips only), the tracked preview and the chat."""
+    if ws is None or ws.clip is None:
+        clip_bar, slider, overlay = gr.update(visible=False), gr.update(value=0), gr.update(visible=False)
+    else:
+        clip_bar = gr.update(visible=True)
+        slider = gr.update(minimum=0, maximum=max(1, len(ws.clip) - 1), value=ws.position, step=1)
+        overlay = gr.update(visible=ws.tracked, value=str(ws.overlay_video()) if ws.tracked else None)
+    return (ws, *view(ws, message), clip_bar, slider, overlay, history(ws))
 
 
-@friendly
-def on_video(ws, path):
+def restore_media(ws, *args, message: str) -> tuple:
+    """After a refused upload: the picture (or the empty canvas) as it was, the message beside it."""
+    return media_view(ws, message)
+
+
+@gentle(restore_media)
+def on_upload(ws, upload):
+    """An image dropped on the canvas. Its event skips Gradio's decoding (`preprocess=False`), so the file
+    reaches the library's checks and a file that is not an image gets the library's message."""
+    path = (upload or {}).get("path")
     if not path:
-        return (ws, *view(ws), gr.update(visible=False, maximum=1, value=0), None)
+        return media_view(ws, "")
+    ws = workspace(ws)
+    ws.open_image(path)
+    return media_view(ws, "Click on an object to mark it.")
+
+
+@gentle(restore_media)
+def on_open_clip(ws, path):
+    if not path:
+        return media_view(ws, "")
     ws = workspace(ws)
     notes = ws.open_video(path)
-    message = " ".join(notes) or f"{len(ws.clip)} frames sampled. Pick a frame, mark objects, then Track."
-    slider = gr.update(visible=True, minimum=0, maximum=max(1, len(ws.clip) - 1), value=0, step=1)
-    return (ws, *view(ws, message), slider, None)
+    return media_view(ws, " ".join(notes) or f"{len(ws.clip)} frames sampled. Mark objects, then Track.")
 
 
-@friendly
+@gentle()
+def on_clear_canvas(ws):
+    """The canvas's own clear button: start over."""
+    close_workspace(ws)
+    return media_view(None, "Drop an image on the canvas, open a clip, or pick an example.")
+
+
+@gentle()
 def on_seek(ws, position):
     if ws is None or ws.clip is None:
-        return (ws, *view(ws))
+        return gr.skip()
     ws.seek(int(position))
     return (ws, *view(ws, f"Frame {ws.frame_index} (t = {ws.clip.timestamps[ws.position]:.1f} s)."))
 
 
-@friendly
-def on_example(ws, name):
-    example = EXAMPLE_BY_NAME[name]
+@gentle()
+def on_example(ws, evt: gr.SelectData):
+    example = EXAMPLE_LIST[evt.index]
     ws = workspace(ws)
     question = ws.open_example(example)
-    slider = gr.update(visible=False)
-    if ws.clip is not None:
-        slider = gr.update(visible=True, minimum=0, maximum=max(1, len(ws.clip) - 1), value=0, step=1)
-    overlay = str(ws.overlay_video()) if ws.clip is not None else None
-    return (
-        ws,
-        *view(ws, f"Example “{example.name}” loaded with its objects."),
-        question,
-        slider,
-        overlay,
-        history(ws),
-        None,  # the upload boxes: what they showed is no longer what is being marked
-        None,
-    )
+    return (*media_view(ws, f"Example “{example.name}” loaded with its objects."), question)
 
 
 # ---------------------------------------------------------------------- events: marking
 
 
-@friendly
+@gentle()
 def on_click(ws, tool, evt: gr.SelectData):
     ws = workspace(ws)
     mode = TOOLS[tool]
     if mode == "brush":
-        return (ws, *view(ws, "The brush works in the painting panel below; switch tool to click."))
+        return (ws, *view(ws, "The brush paints on the picture; switch tool to click."))
     x, y = evt.index[0], evt.index[1]
     result = ws.click(x, y, mode)
     if result is None:
@@ -329,7 +420,7 @@ def brush_layer(editor) -> np.ndarray | None:
     return alpha
 
 
-@friendly
+@gentle()
 def on_brush(ws, editor, as_mask):
     ws = workspace(ws)
     layer = brush_layer(editor)
@@ -347,60 +438,78 @@ def on_brush(ws, editor, as_mask):
         )
     result = ws.scribble(layer, as_mask=bool(as_mask))
     message = result.message if result.empty else f"Mask by {result.segmenter}. **Keep object** to add it."
-    return (ws, *view(ws, message))
+    return (ws, *view(ws, message), fresh_painter(ws))
 
 
+def fresh_painter(ws: Workspace) -> dict:
+    """The brush's picture with no strokes: the canvas as it is now (objects, draft mask, marks)."""
+    picture = ws.canvas()
+    return gr.update(value={"background": picture, "layers": [], "composite": picture})
+
+
+@gentle()
 def on_tool(ws, tool):
+    """The brush paints in the canvas's place, on the same picture; the click tools mark the canvas itself."""
     if TOOLS[tool] != "brush" or ws is None or ws.kind == "none":
-        return gr.update(visible=False), gr.update(visible=False)
-    return gr.update(
-        visible=True, value={"background": ws.frame, "layers": [], "composite": ws.frame}
-    ), gr.update(visible=True)
+        return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
+    return gr.update(visible=False), {**fresh_painter(ws), "visible": True}, gr.update(visible=True)
 
 
-@friendly
-def on_keep(ws, name):
+@gentle()
+def on_keep(ws, name, tool):
     ws = workspace(ws)
     obj = ws.keep(name or "")
     note = " Track again to follow it through the clip." if ws.clip is not None else ""
-    return (ws, *view(ws, f"Kept as {obj.tag}.{note}"), "")
+    # The strokes belonged to the kept object: the next object starts from a clean brush.
+    painter = fresh_painter(ws) if TOOLS[tool] == "brush" else gr.skip()
+    return (ws, *view(ws, f"Kept as {obj.tag}.{note}"), "", painter)
 
 
-@friendly
-def on_clear_marks(ws):
-    if ws is not None and ws.kind != "none":
-        ws.clear_marks()
-    return (ws, *view(ws, "Marks cleared."))
+@gentle()
+def on_clear_marks(ws, tool):
+    if ws is None or ws.kind == "none":
+        return gr.skip()
+    ws.clear_marks()
+    painter = fresh_painter(ws) if TOOLS[tool] == "brush" else gr.skip()
+    return (ws, *view(ws, "Marks cleared."), painter)
 
 
-@friendly
+def picked_id(object_id) -> int | None:
+    """The object picker's value as an object id (None for the "new object" choice)."""
+    return None if object_id in (None, NEW_OBJECT) else int(object_id)
+
+
+@gentle()
 def on_select_object(ws, object_id):
     if ws is None or ws.kind == "none":
-        return (ws, *view(ws))
-    ws.select(int(object_id) if object_id is not None else None)
+        return gr.skip()
+    object_id = picked_id(object_id)
+    ws.select(object_id)
     if object_id is None:
         return (ws, *view(ws, "New marks make a new object."))
-    return (ws, *view(ws, f"New marks refine <object{object_id}> on this frame; **Keep object** to apply."))
+    return (ws, *view(ws, f"Marks now re-mark <object{object_id}> on this frame; **Keep object** to apply."))
 
 
-@friendly
+@gentle()
 def on_delete(ws, object_id):
+    object_id = picked_id(object_id)
     if ws is None or object_id is None:
-        raise gr.Error("Choose an object first.", print_exception=False)
-    ws.delete(int(object_id))
+        raise gr.Error("Pick an object in the list first.", print_exception=False)
+    ws.delete(object_id)
     return (ws, *view(ws, f"<object{object_id}> deleted; the chat restarted."), history(ws))
 
 
-@friendly
+@gentle()
 def on_rename(ws, object_id, name):
+    object_id = picked_id(object_id)
     if ws is None or object_id is None:
-        raise gr.Error("Choose an object first.", print_exception=False)
-    ws.rename(int(object_id), name or "")
-    return (ws, *view(ws, "Renamed."))
+        raise gr.Error("Pick an object in the list first.", print_exception=False)
+    ws.rename(object_id, name or "")
+    return (ws, *view(ws, f"<object{object_id}> renamed."), "")
 
 
 def on_insert_tag(question, object_id):
-    if object_id is None:
+    if picked_id(object_id) is None:
         return question
     spacer = "" if not question or question.endswith(" ") else " "
     return f"{question or ''}{spacer}<object{int(object_id)}>"
@@ -410,19 +519,28 @@ def on_insert_tag(question, object_id):
 
 
 @stops_on_cancel
-@friendly
+@gentle()
 @gpu(track_duration)
 def on_track(ws, progress=gr.Progress()):  # noqa: B008 - how Gradio injects progress
     if ws is None or ws.clip is None:
-        raise gr.Error("Upload a clip first.", print_exception=False)
+        raise gr.Error("Open a clip first.", print_exception=False)
     stop_on_cancel(ws.cancel.set)
-    ws.track(progress=lambda done, total: progress((done, total), desc="Tracking", unit="steps"))
-    return (ws, *view(ws, "Tracked through every sampled frame."), str(ws.overlay_video()))
+    try:
+        ws.track(progress=lambda done, total: progress((done, total), desc="Tracking", unit="steps"))
+    except TrackingCancelled as exc:
+        gr.Info("Tracking cancelled.")
+        return (ws, *view(ws, f"{exc}; the objects keep the masks they had."), gr.skip())
+    overlay = gr.update(visible=True, value=str(ws.overlay_video()))
+    return (ws, *view(ws, f"Tracked through every sampled frame ({len(ws.clip)})."), overlay)
 
 
 def on_cancel(ws):
-    if ws is not None:
-        ws.cancel.set()
+    """Tracking checks this flag at every step and ends with a message (the event itself is not killed, so
+    the canvas keeps its picture)."""
+    if ws is None or ws.clip is None:
+        return gr.skip()
+    ws.cancel.set()
+    return "Cancelling the tracking…"
 
 
 # ---------------------------------------------------------------------- events: chat
@@ -436,13 +554,18 @@ def _stream(ws: Workspace, replies: Iterator, question: str) -> Iterator:
     text = ""
     for reply in replies:
         text += reply.delta
-        messages[-1]["content"] = colour_tags(ws, text)
+        messages[-1]["content"] = answer_html(ws, text)
         if reply.done:
             messages = history(ws)
         yield ws, messages, ""
 
 
-@friendly
+def restore_chat(ws, *args, message: str) -> tuple:
+    """After a refused or failed answer: the conversation as it stands, the question kept for editing."""
+    return gr.skip(), history(ws) if isinstance(ws, Workspace) else gr.skip(), gr.skip()
+
+
+@gentle(restore_chat)
 @gpu(answer_duration)
 def on_send(ws, question, max_new_tokens, sample, temperature, top_p, seed):
     ws = workspace(ws)
@@ -451,23 +574,32 @@ def on_send(ws, question, max_new_tokens, sample, temperature, top_p, seed):
     yield from _stream(ws, replies, question)
 
 
-@friendly
+@gentle(restore_chat)
 @gpu(answer_duration)
 def on_describe(ws, object_id, max_new_tokens, sample, temperature, top_p, seed):
+    """The picked object, or each object in turn: one answer per object, each under its own question."""
     ws = workspace(ws)
     objects = ws.objects()
     if not objects:
         raise gr.Error("Mark an object first.", print_exception=False)
-    target = int(object_id) if object_id is not None else objects[0].id
-    replies = ws.describe(target, settings_of(max_new_tokens, sample, temperature, top_p, seed))
-    yield from _stream(ws, replies, f"Describe <object{target}> in detail.")
+    picked = picked_id(object_id)
+    targets = [picked] if picked is not None else [obj.id for obj in objects]
+    settings = settings_of(max_new_tokens, sample, temperature, top_p, seed)
+    for target in targets:
+        yield from _stream(ws, ws.describe(target, settings), f"Describe <object{target}> in detail.")
+        if ws.session.history[-1].finish_reason in ("stopped", "timeout"):
+            return
 
 
-def on_relate(question):
-    return "How do <object1> and <object2> relate to each other?"
+@gentle()
+def on_relate(ws):
+    if ws is None or len(ws.objects()) < 2:
+        raise gr.Error("Mark two objects first.", print_exception=False)
+    first, second = _pair(ws)
+    return f"How do {first.tag} and {second.tag} relate to each other?"
 
 
-@friendly
+@gentle(restore_chat)
 @gpu(regenerate_duration)
 def on_regenerate(ws, max_new_tokens, sample, temperature, top_p, seed):
     ws = workspace(ws)
@@ -485,7 +617,7 @@ def on_stop(ws):
         ws.stop()
 
 
-@friendly
+@gentle()
 def on_clear_chat(ws):
     if ws is not None and ws.session is not None:
         ws.session.clear()
@@ -495,17 +627,32 @@ def on_clear_chat(ws):
 # ---------------------------------------------------------------------- events: export & model
 
 
-@friendly
+EXPORTS = (
+    "Masks (PNG zip)",
+    "Masks (COCO RLE JSON)",
+    "Transcript (Markdown)",
+    "Transcript (JSON)",
+    "Overlay (PNG of an image; MP4 of a clip's sampled frames)",
+)
+
+
+@gentle()
 def on_export(ws, what):
     if ws is None or ws.session is None:
         raise gr.Error("Nothing to export yet.", print_exception=False)
-    paths = {
-        "Masks (PNG zip)": ws.export_masks_zip,
-        "Masks (COCO RLE JSON)": ws.export_masks_json,
-        "Transcript (Markdown)": lambda: ws.export_transcript("md"),
-        "Transcript (JSON)": lambda: ws.export_transcript("json"),
-        "Overlay clip (mp4)": ws.overlay_video,
-    }
+    paths = dict(
+        zip(
+            EXPORTS,
+            (
+                ws.export_masks_zip,
+                ws.export_masks_json,
+                lambda: ws.export_transcript("md"),
+                lambda: ws.export_transcript("json"),
+                ws.overlay_png if ws.kind == "image" else ws.overlay_video,
+            ),
+            strict=True,
+        )
+    )
     return str(paths[what]())
 
 
@@ -516,7 +663,7 @@ def status_markdown() -> str:
     if not SERVICE.settings.allow_model_switch:
         status["switching"] = "off: the model is chosen by whoever runs the app"
     rows = "\n".join(f"| {k} | {html.escape(v)} |" for k, v in status.items())
-    return f"| | |\n|---|---|\n{rows}"
+    return f"| Setting | Value |\n|---|---|\n{rows}"
 
 
 def picker_update():
@@ -610,115 +757,153 @@ def api_ask(ws, question, max_new_tokens=256, seed=1234):
 CSS = """
 .chips {display:flex; flex-wrap:wrap; gap:6px; margin:4px 0;}
 .chip {border:2px solid; border-radius:14px; padding:1px 9px; font-weight:700; font-family:monospace;}
+.swatch {display:inline-block; width:10px; height:10px; border-radius:50%; margin-right:5px;}
+.preview-tag {font-size:0.75em; padding:0 6px; border-radius:8px; background:#e8e8e8; color:#555;}
+#title h1 {margin:0; font-size:1.35em;}
+#title p {margin:0;}
+#model-status table {table-layout:auto;}
+#model-status td, #model-status th {hyphens:none; word-break:normal; overflow-wrap:anywhere;}
+#model-status td:first-child {white-space:nowrap;}
+@media (max-width: 720px) {
+  #canvas, #painter {max-height:300px;}
+  #chat-col {order:2;}
+  #objects-col {order:3;}
+}
 """
+
+
+def banner_title(banner: str) -> str:
+    """The banner's one-line notice (the whole text opens below it)."""
+    if "Offline preview" in banner:
+        return "Offline preview: a tiny random model answers (meaningless text). details"
+    first = re.sub(r"[*_`]", "", banner.strip().splitlines()[0]) if banner.strip() else ""
+    return first if len(first) <= 100 else first[:99] + "…"
+
+
+def on_banner(banner: str):
+    return gr.update(label=banner_title(banner), visible=bool(banner.strip()))
+
+
+def canvas_panel(settings: AppSettings) -> SimpleNamespace:
+    """The one picture: uploaded onto, clicked and boxed on, painted on in the same place; the tools under
+    it, and the clip timeline (frame, Track, Cancel, tracked preview) shown for clips only."""
+    p = SimpleNamespace()
+    p.canvas = gr.Image(
+        label="Picture: drop an image here, then click on objects", type="numpy", image_mode="RGB",
+        sources=["upload", "clipboard"], interactive=True, height=440, elem_id="canvas",
+        placeholder="Drop an image here or click to upload. Or open a clip, or pick an example.",
+    )  # fmt: skip
+    p.painter = Painter(
+        label="Paint over the object", type="numpy", visible=False, sources=[], layers=False, height=440,
+        transforms=[], brush=gr.Brush(colors=["#ff00ff"], default_size=12, color_mode="fixed"),
+        elem_id="painter",
+    )  # fmt: skip
+    with gr.Row(elem_id="tools"):
+        p.tool = gr.Radio(list(TOOLS), value="Object (click)", label="Mark with", scale=4, elem_id="tool")
+        with gr.Column(scale=1, min_width=130):
+            p.keep = gr.Button("Keep object", variant="primary", size="sm")
+            p.clear_marks = gr.Button("Clear marks", size="sm")
+    with gr.Row(visible=False) as p.brush_row:
+        p.as_mask = gr.Checkbox(label="Use my strokes as the mask (no model)")
+        p.apply_brush = gr.Button("Segment from strokes", size="sm")
+    p.mark_info = gr.Markdown(elem_id="mark-info")
+    with gr.Group(visible=False, elem_id="clip-bar") as p.clip_bar:
+        p.frame = gr.Slider(label="Frame (sampled)", minimum=0, maximum=1, step=1, value=0, elem_id="frame")
+        with gr.Row():
+            p.track = gr.Button("Track objects through the clip", variant="primary", size="sm")
+            p.cancel = gr.Button("Cancel tracking", size="sm")
+        p.overlay = gr.Video(
+            label="Tracked preview (the sampled frames)", interactive=False, height=220, visible=False,
+            elem_id="overlay",
+        )  # fmt: skip
+    with gr.Row(equal_height=True):
+        p.open_clip = gr.UploadButton(
+            "Open a clip", file_types=["video"], type="filepath", size="sm", scale=0, elem_id="open-clip"
+        )
+        gr.Markdown(f"Clips: {settings.media.describe()}", elem_id="clip-limits")
+    return p
+
+
+def objects_panel() -> SimpleNamespace:
+    """The objects (colour, tag, name) with their actions, and the examples as pictures."""
+    p = SimpleNamespace()
+    p.chips = gr.HTML(chips(None), elem_id="objects")
+    p.picked = gr.Radio(
+        object_choices(None), value=NEW_OBJECT, label="Object", elem_id="object-picker",
+        info="Pick one to re-mark it (new marks, then Keep), rename, delete or describe it.",
+    )  # fmt: skip
+    p.name = gr.Textbox(label="Name (optional)", placeholder="e.g. red cup", max_lines=1, elem_id="name")
+    with gr.Row():
+        p.rename = gr.Button("Rename", size="sm", min_width=60)
+        p.insert = gr.Button("Insert tag", size="sm", min_width=60)
+        p.delete = gr.Button("Delete", size="sm", min_width=60)
+    p.examples = gr.Gallery(
+        [(thumbnail(e), e.name) for e in EXAMPLE_LIST], label="Examples (objects marked, question ready)",
+        columns=2, height=330, object_fit="contain", allow_preview=False, interactive=False, elem_id="examples",
+        visible=bool(EXAMPLE_LIST),
+    )  # fmt: skip
+    return p
+
+
+def chat_panel(settings: AppSettings) -> SimpleNamespace:
+    """The conversation, its quick actions, generation settings and exports."""
+    p = SimpleNamespace()
+    p.chatbot = gr.Chatbot(label="Chat", height=380, elem_id="chat")
+    p.question = gr.Textbox(
+        label="Question", placeholder="What is <object1> doing?", info=settings.chat.describe(), lines=1,
+        max_lines=4, elem_id="question",
+    )  # fmt: skip
+    with gr.Row():
+        p.send = gr.Button("Send", variant="primary", size="sm", min_width=70)
+        p.stop = gr.Button("Stop", size="sm", min_width=70)
+        p.regenerate = gr.Button("Regenerate", size="sm", min_width=70)
+        p.clear_chat = gr.Button("Clear chat", size="sm", min_width=70)
+    with gr.Row():
+        p.describe = gr.Button("Describe", size="sm", visible=False, elem_id="describe")
+        p.relate = gr.Button("Relate", size="sm", visible=False, elem_id="relate")
+    with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
+        p.max_tokens = gr.Slider(
+            1, settings.max_new_tokens, value=min(256, settings.max_new_tokens), step=1,
+            label="Max new tokens",
+        )  # fmt: skip
+        p.sample = gr.Checkbox(label="Sample (otherwise greedy)")
+        p.temperature = gr.Slider(0.05, 2.0, value=0.2, label="Temperature", interactive=False)
+        p.top_p = gr.Slider(0.05, 1.0, value=0.9, label="Top-p", interactive=False)
+        p.seed = gr.Number(value=1234, precision=0, label="Seed")
+    with gr.Accordion("Export", open=False, elem_id="export-panel"):
+        p.export_what = gr.Radio(list(EXPORTS), value=EXPORTS[0], label="What")
+        p.export = gr.Button("Export", size="sm")
+        p.exported = gr.File(label="Download", elem_id="download")
+    return p
+
+
+def on_sample(sample: bool):
+    """Temperature and top-p only matter when sampling."""
+    return gr.update(interactive=bool(sample)), gr.update(interactive=bool(sample))
 
 
 def build(service: Service) -> gr.Blocks:
     """The page."""
     settings = service.settings
     private = {"api_visibility": "private"}
-    model_events = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": settings.concurrency}
-    with gr.Blocks(title="PixelRefer region chat") as demo:
+    model_events = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": service.model_concurrency}
+    with gr.Blocks(title="PixelRefer region chat", fill_width=True) as demo:
         state = gr.State(None, delete_callback=close_workspace, time_to_live=settings.session_ttl_s)
-        gr.Markdown("# PixelRefer region chat\nMark objects in a photo or a short clip, then ask about them.")
-        banner = gr.Markdown(service.banner, visible=True, elem_id="banner")
-        with gr.Row():
-            with gr.Column(scale=6):
-                with gr.Tabs():
-                    with gr.Tab("Image"):
-                        image_in = gr.Image(
-                            label="Upload an image",
-                            type="filepath",
-                            image_mode=None,
-                            sources=["upload", "clipboard"],
-                            height=220,
-                            elem_id="image-in",
-                        )
-                    with gr.Tab("Video"):
-                        gr.Markdown(f"Clips: {settings.media.describe()}")
-                        video_in = gr.Video(
-                            label="Upload a clip", sources=["upload"], height=220, elem_id="video-in"
-                        )
-                        frame = gr.Slider(
-                            label="Frame (sampled)",
-                            minimum=0,
-                            maximum=1,
-                            step=1,
-                            value=0,
-                            visible=False,
-                            elem_id="frame",
-                        )
-                        with gr.Row():
-                            track = gr.Button("Track objects through the clip", variant="primary")
-                            cancel = gr.Button("Cancel tracking")
-                        overlay = gr.Video(
-                            label="Tracked objects", interactive=False, height=240, elem_id="overlay"
-                        )
-                canvas = gr.Image(
-                    label="Click to mark objects", type="numpy", interactive=False, elem_id="canvas"
-                )
-                tool = gr.Radio(list(TOOLS), value="Object (click)", label="Mark with")
-                painter = Painter(
-                    label="Paint over the object", type="numpy", visible=False, sources=[], layers=False,
-                    transforms=[], brush=gr.Brush(colors=["#ff00ff"], default_size=12, color_mode="fixed"),
-                )  # fmt: skip
-                with gr.Row(visible=False) as brush_row:
-                    as_mask = gr.Checkbox(label="Use my strokes as the mask (no model)")
-                    apply_brush = gr.Button("Segment from strokes")
-                mark_info = gr.Markdown(elem_id="mark-info")
-                with gr.Row():
-                    name = gr.Textbox(label="Name (optional)", scale=2)
-                    keep = gr.Button("Keep object", variant="primary", scale=1)
-                    clear_marks = gr.Button("Clear marks", scale=1)
-                object_chips = gr.HTML(chips(None), elem_id="objects")
-                with gr.Row():
-                    picked = gr.Dropdown(
-                        label="Object", choices=[], value=None, allow_custom_value=False, scale=2
-                    )
-                    insert = gr.Button("Insert tag", scale=1)
-                    rename = gr.Button("Rename", scale=1)
-                    delete = gr.Button("Delete", variant="stop", scale=1)
-                if EXAMPLE_LIST:
-                    gr.Markdown("**Examples**")
-                    with gr.Row():
-                        example_buttons = [gr.Button(e.name, size="sm") for e in EXAMPLE_LIST]
-                else:
-                    example_buttons = []
-            with gr.Column(scale=5):
-                chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chat")
-                question = gr.Textbox(
-                    label="Question",
-                    placeholder="What is <object1> doing?",
-                    info=settings.chat.describe(),
-                    elem_id="question",
-                )
-                with gr.Row():
-                    send = gr.Button("Send", variant="primary")
-                    stop = gr.Button("Stop")
-                    regenerate = gr.Button("Regenerate")
-                    clear_chat = gr.Button("Clear chat")
-                with gr.Row():
-                    describe = gr.Button("Describe the object in detail")
-                    relate = gr.Button("How do <object1> and <object2> relate?")
-                with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
-                    max_tokens = gr.Slider(
-                        1,
-                        settings.max_new_tokens,
-                        value=min(256, settings.max_new_tokens),
-                        step=1,
-                        label="Max new tokens",
-                    )
-                    sample = gr.Checkbox(label="Sample (otherwise greedy)")
-                    temperature = gr.Slider(0.05, 2.0, value=0.2, label="Temperature")
-                    top_p = gr.Slider(0.05, 1.0, value=0.9, label="Top-p")
-                    seed = gr.Number(value=1234, precision=0, label="Seed")
-                with gr.Accordion("Export", open=False, elem_id="export-panel"):
-                    export_what = gr.Radio(
-                        ["Masks (PNG zip)", "Masks (COCO RLE JSON)", "Transcript (Markdown)", "Transcript (JSON)", "Overlay clip (mp4)"],
-                        value="Masks (PNG zip)", label="What",
-                    )  # fmt: skip
-                    export = gr.Button("Export")
-                    exported = gr.File(label="Download", elem_id="download")
+        gr.Markdown(
+            "# PixelRefer region chat <small>· mark objects in a photo or a short clip, then ask about them</small>",
+            elem_id="title",
+        )
+        with gr.Accordion(
+            banner_title(service.banner), open=False, visible=bool(service.banner), elem_id="banner"
+        ) as banner_box:
+            banner = gr.Markdown(service.banner, elem_id="banner-text")
+        with gr.Row(equal_height=False, elem_id="page"):
+            with gr.Column(scale=5, min_width=340, elem_id="canvas-col"):
+                c = canvas_panel(settings)
+            with gr.Column(scale=2, min_width=250, elem_id="objects-col"):
+                o = objects_panel()
+            with gr.Column(scale=4, min_width=340, elem_id="chat-col"):
+                t = chat_panel(settings)
                 with gr.Accordion("Model", open=False, elem_id="model-panel"):
                     status = gr.Markdown(status_markdown(), elem_id="model-status")
                     switchable = {"visible": settings.allow_model_switch}  # the operator's choice
@@ -746,45 +931,51 @@ def build(service: Service) -> gr.Blocks:
             api_out = gr.Textbox()
             api_buttons = [gr.Button() for _ in range(4)]
 
-        marked = [state, canvas, object_chips, picked, mark_info]
-        gen = [max_tokens, sample, temperature, top_p, seed]
-        painting = ([state, tool], [painter, brush_row])  # the brush panel follows the picture shown
-        image_in.upload(on_image, [state, image_in], marked, **private).then(on_tool, *painting, **private)
-        video_in.upload(on_video, [state, video_in], [*marked, frame, overlay], **private).then(
+        marked = [state, c.canvas, o.chips, o.picked, c.mark_info, t.describe, t.relate]
+        media = [*marked, c.clip_bar, c.frame, c.overlay, t.chatbot]
+        gen = [t.max_tokens, t.sample, t.temperature, t.top_p, t.seed]
+        painting = ([state, c.tool], [c.canvas, c.painter, c.brush_row])  # the brush follows the picture
+        # The upload skips Gradio's decoding so that the library checks the file (and names what is wrong).
+        c.canvas.upload(on_upload, [state, c.canvas], media, preprocess=False, **private).then(
             on_tool, *painting, **private
         )
-        frame.release(on_seek, [state, frame], marked, **private).then(on_tool, *painting, **private)
-        canvas.select(on_click, [state, tool], marked, concurrency_id="segmenter", **private)
-        tool.change(on_tool, [state, tool], [painter, brush_row], **private)
-        apply_brush.click(on_brush, [state, painter, as_mask], marked, concurrency_id="segmenter", **private)
-        keep.click(on_keep, [state, name], [*marked, name], **private)
-        clear_marks.click(on_clear_marks, [state], marked, **private)
-        picked.input(on_select_object, [state, picked], marked, **private)
-        delete.click(on_delete, [state, picked], [*marked, chatbot], **private)
-        rename.click(on_rename, [state, picked, name], marked, **private)
-        insert.click(on_insert_tag, [question, picked], [question], **private)
-        track_event = track.click(
-            on_track, [state], [*marked, overlay], concurrency_id="segmenter", **private
+        c.canvas.clear(on_clear_canvas, [state], media, **private)
+        c.open_clip.upload(on_open_clip, [state, c.open_clip], media, **private).then(
+            on_tool, *painting, **private
         )
-        cancel.click(on_cancel, [state], None, cancels=[track_event], queue=False, **private)
-        for button, example in zip(example_buttons, EXAMPLE_LIST, strict=True):
-            button.click(
-                functools.partial(on_example, name=example.name), [state],
-                [*marked, question, frame, overlay, chatbot, image_in, video_in], **private,
-            ).then(on_tool, *painting, **private)  # fmt: skip
-        chat_out = [state, chatbot, question]
-        send_event = send.click(on_send, [state, question, *gen], chat_out, **model_events, **private)
-        submit_event = question.submit(on_send, [state, question, *gen], chat_out, **model_events, **private)
-        describe_event = describe.click(
-            on_describe, [state, picked, *gen], chat_out, **model_events, **private
+        c.frame.release(on_seek, [state, c.frame], marked, **private).then(on_tool, *painting, **private)
+        c.canvas.select(on_click, [state, c.tool], marked, concurrency_id="segmenter", **private)
+        c.tool.change(on_tool, *painting, **private)
+        c.apply_brush.click(
+            on_brush, [state, c.painter, c.as_mask], [*marked, c.painter], concurrency_id="segmenter",
+            **private,
+        )  # fmt: skip
+        c.keep.click(on_keep, [state, o.name, c.tool], [*marked, o.name, c.painter], **private)
+        c.clear_marks.click(on_clear_marks, [state, c.tool], [*marked, c.painter], **private)
+        c.track.click(
+            on_track, [state], [*marked, c.overlay], concurrency_id="segmenter", show_progress_on=[c.mark_info],
+            **private,
+        )  # fmt: skip
+        c.cancel.click(on_cancel, [state], [c.mark_info], queue=False, **private)
+        o.picked.input(on_select_object, [state, o.picked], marked, **private)
+        o.delete.click(on_delete, [state, o.picked], [*marked, t.chatbot], **private)
+        o.rename.click(on_rename, [state, o.picked, o.name], [*marked, o.name], **private)
+        o.insert.click(on_insert_tag, [t.question, o.picked], [t.question], **private)
+        o.examples.select(on_example, [state], [*media, t.question], **private).then(
+            on_tool, *painting, **private
         )
-        regen_event = regenerate.click(on_regenerate, [state, *gen], chat_out, **model_events, **private)
-        relate.click(on_relate, [question], [question], **private)
-        stop.click(on_stop, [state], None, queue=False, **private)
-        clear_chat.click(on_clear_chat, [state], [state, chatbot], **private)
-        chatbot.clear(on_clear_chat, [state], [state, chatbot], **private)
-        del send_event, submit_event, describe_event, regen_event
-        export.click(on_export, [state, export_what], [exported], **private)
+        chat_out = [state, t.chatbot, t.question]
+        t.send.click(on_send, [state, t.question, *gen], chat_out, **model_events, **private)
+        t.question.submit(on_send, [state, t.question, *gen], chat_out, **model_events, **private)
+        t.describe.click(on_describe, [state, o.picked, *gen], chat_out, **model_events, **private)
+        t.regenerate.click(on_regenerate, [state, *gen], chat_out, **model_events, **private)
+        t.relate.click(on_relate, [state], [t.question], **private)
+        t.stop.click(on_stop, [state], None, queue=False, **private)
+        t.clear_chat.click(on_clear_chat, [state], [state, t.chatbot], **private)
+        t.chatbot.clear(on_clear_chat, [state], [state, t.chatbot], **private)
+        t.sample.change(on_sample, [t.sample], [t.temperature, t.top_p], **private)
+        t.export.click(on_export, [state, t.export_what], [t.exported], **private)
+        banner.change(on_banner, [banner], [banner_box], **private)
         load_model.click(on_load_model, [picker], [status, banner, model_seen], **model_events, **private)
         model_tick.tick(on_model_tick, [model_seen], [status, banner, model_seen], **private)
         demo.load(picker_update, None, [picker], **private)

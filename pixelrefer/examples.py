@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from pixelrefer.images import ImageError, check_image_file
 from pixelrefer.limits import MediaLimits, MediaRejected
 from pixelrefer.masks import load_mask_png
-from pixelrefer.video import probe_video
+from pixelrefer.video import overlay_image, probe_video, read_frames
 
 __all__ = [
     "DEFAULT_EXAMPLES_DIR",
@@ -31,6 +31,7 @@ __all__ = [
     "ExampleError",
     "ExampleObject",
     "load_examples",
+    "thumbnail",
 ]
 
 MANIFEST = "examples.json"
@@ -209,3 +210,21 @@ def load_examples(folder: str | os.PathLike | None = None) -> list[Example]:
     if repeated:
         raise ExampleError(f"{manifest}: example names must be unique ({', '.join(repeated)})")
     return examples
+
+
+def thumbnail(example: Example, side: int = 200) -> np.ndarray:
+    """The example's picture (a clip's first marked frame) with its objects drawn, at most `side` px: what
+    the page shows for a visitor to pick, so the objects are seen before the example is opened."""
+    frame = example.frames[0] if example.frames else 0
+    if example.kind == "image":
+        with Image.open(example.path) as opened:
+            picture = np.asarray(opened.convert("RGB"))
+    else:
+        (picture,) = read_frames(example.path, [frame])
+    masks = {k: obj.masks[frame] for k, obj in enumerate(example.objects) if frame in obj.masks}
+    drawn = overlay_image(picture, masks, {k: k for k in masks})
+    scale = side / max(drawn.shape[:2])
+    if scale >= 1:
+        return drawn
+    size = (max(1, round(drawn.shape[1] * scale)), max(1, round(drawn.shape[0] * scale)))
+    return np.asarray(Image.fromarray(drawn).resize(size, Image.Resampling.LANCZOS))

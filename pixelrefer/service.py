@@ -338,6 +338,9 @@ class Service:
         """Serve the preview of `source`'s variant (full for anything not a release), saying why."""
         self.preview = True
         self.preview_reason = reason.rstrip(".")
+        _log.warning(
+            "Serving the offline preview (tiny random weights, meaningless answers): %s", scrub(reason)
+        )
         variant = RELEASES.get(source, ("full", TINY))[0]
         return self._load_preview(variant)
 
@@ -469,6 +472,6 @@ class Service:
             estimate = self._estimates[source]
             fits = self.preview or estimate * 1.15 <= available or source == current
             name = source.split("/", 1)[1]
-            note = "preview" if self.preview else f"~{estimate:.1f} GiB"
+            note = f"~{estimate:.1f} GiB" + ("; the preview stands in here" if self.preview else "")
             out.append(ModelChoice(source, f"{name} ({note})", estimate, fits))
         return out

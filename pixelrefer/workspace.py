@@ -31,10 +31,12 @@ from .video import Clip, load_clip, overlay_image, write_overlay_video
 if TYPE_CHECKING:
     from .examples import Example
 
-__all__ = ["Workspace", "MarkMode"]
+__all__ = ["Workspace", "MarkMode", "PREVIEW_NOTE"]
 
 MarkMode = str
 """'positive' (click on the object), 'negative' (click on background), 'box' (two corner clicks)."""
+
+PREVIEW_NOTE = "Offline preview: answers from a tiny random model, meaningless."
 
 _POSITIVE = (40, 200, 60)
 _NEGATIVE = (230, 40, 40)
@@ -315,6 +317,18 @@ class Workspace:
         self.tracked = True
         self._warm()
 
+    def overlay_png(self) -> Path:
+        """The image with every object drawn on it, as a PNG."""
+        if self.image is None:
+            raise ValueError("Only images have an overlay picture; a clip's overlay is a video")
+        session = self._session()
+        masks = {obj.id: obj.masks[0] for obj in session.objects if 0 in obj.masks}
+        colors = {obj.id: obj.color_index for obj in session.objects}
+        drawn = overlay_image(self.image, masks, colors) if masks else self.image
+        path = self.folder / "overlay.png"
+        cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        return path
+
     def overlay_video(self) -> Path:
         """The clip with every object drawn on every sampled frame, as a browser-playable mp4."""
         if self.clip is None:
@@ -380,7 +394,13 @@ class Workspace:
         return self._session().ask(question, settings)
 
     def describe(self, object_id: int, settings: GenerationSettings) -> Iterator[Reply]:
-        return self._session().describe(object_id, settings)
+        """The official caption prompt when the object is the only one marked; with others marked the same
+        request goes as a question, since the model must be told about every marked object."""
+        session = self._session()
+        obj = session.get(object_id)
+        if len(session.objects) == 1:
+            return session.describe(object_id, settings)
+        return session.ask(f"Describe {obj.tag} in detail.", settings)
 
     def regenerate(self, settings: GenerationSettings) -> Iterator[Reply]:
         return self._session().regenerate(settings)
@@ -412,9 +432,12 @@ class Workspace:
         ]
         if fmt == "json":
             path = self.folder / "transcript.json"
-            path.write_text(json.dumps({"objects": objects, "turns": session.transcript()}, indent=2))
+            record = {"preview": self.service.preview, "objects": objects, "turns": session.transcript()}
+            path.write_text(json.dumps(record, indent=2))
             return path
         lines = ["# PixelRefer chat", ""]
+        if self.service.preview:
+            lines += [f"*{PREVIEW_NOTE}*", ""]
         lines += [f"- {o['tag']}{' (' + o['name'] + ')' if o['name'] else ''}" for o in objects]
         for turn in session.transcript():
             lines += ["", f"**You:** {turn['question']}", "", f"**PixelRefer:** {turn['answer']}"]
