@@ -7,6 +7,7 @@ uploads and exports and deletes it on `close()`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -68,6 +69,11 @@ class Workspace:
         self._folder: Path | None = None
         self._remove_folder: weakref.finalize | None = None
         self.cancel = threading.Event()
+        self.copies: set[Path] = set()
+        """Copies of this visitor's files kept elsewhere (the web server's download cache), deleted on close."""
+        self.on_file: Callable[[Workspace, Path], None] | None = None
+        """Called as `on_file(workspace, path)` for every file written for the visitor (exports, overlays),
+        e.g. to note the copy that is served (`pixelrefer.servedfiles.record_copy`)."""
 
     @property
     def folder(self) -> Path:
@@ -340,7 +346,8 @@ class Workspace:
         }
         colors = {obj.id: obj.color_index for obj in session.objects}
         fps = max(1.0, min(4.0, len(self.clip) / max(self.clip.timestamps[-1], 1e-6)))
-        return write_overlay_video(list(self.clip.frames), masks, colors, fps, self.folder / "overlay.mp4")
+        path = write_overlay_video(list(self.clip.frames), masks, colors, fps, self.folder / "overlay.mp4")
+        return self._written(path)
 
     # ------------------------------------------------------------------ drawing
 
@@ -418,12 +425,12 @@ class Workspace:
     def export_masks_zip(self) -> Path:
         if not self._session().objects:
             raise ValueError("There are no objects to export")
-        return export_png_zip(self._mask_set(), self.folder / "masks.zip")
+        return self._written(export_png_zip(self._mask_set(), self.folder / "masks.zip"))
 
     def export_masks_json(self) -> Path:
         if not self._session().objects:
             raise ValueError("There are no objects to export")
-        return export_rle_json(self._mask_set(), self.folder / "masks_coco_rle.json")
+        return self._written(export_rle_json(self._mask_set(), self.folder / "masks_coco_rle.json"))
 
     def export_transcript(self, fmt: str) -> Path:
         session = self._session()
@@ -434,7 +441,7 @@ class Workspace:
             path = self.folder / "transcript.json"
             record = {"preview": self.service.preview, "objects": objects, "turns": session.transcript()}
             path.write_text(json.dumps(record, indent=2))
-            return path
+            return self._written(path)
         lines = ["# PixelRefer chat", ""]
         if self.service.preview:
             lines += [f"*{PREVIEW_NOTE}*", ""]
@@ -443,10 +450,15 @@ class Workspace:
             lines += ["", f"**You:** {turn['question']}", "", f"**PixelRefer:** {turn['answer']}"]
         path = self.folder / "transcript.md"
         path.write_text("\n".join(lines) + "\n")
+        return self._written(path)
+
+    def _written(self, path: Path) -> Path:
+        if self.on_file is not None:
+            self.on_file(self, path)
         return path
 
     def close(self) -> None:
-        """Free the session's caches and delete this visitor's files."""
+        """Free the session's caches and delete this visitor's files, and the copies of them served."""
         self.cancel.set()
         self.service.warmer.drop(self)
         if self.session is not None:
@@ -454,6 +466,11 @@ class Workspace:
         self.session = None
         if self._remove_folder is not None:
             self._remove_folder()
+        for copy in self.copies:
+            copy.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                copy.parent.rmdir()  # Gradio's per-file folder, if nothing else is in it
+        self.copies.clear()
 
 
 def _fit(image: np.ndarray, max_side: int) -> np.ndarray:

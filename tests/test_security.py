@@ -165,7 +165,7 @@ def test_a_closed_session_frees_its_workspace_and_files(
     client.close()
     assert wait_for(lambda: ws.session is None), "the session's workspace was never closed"
     assert not folder.exists()
-    assert workspace_of(preview_app, client) is None
+    assert wait_for(lambda: workspace_of(preview_app, client) is None)
 
 
 def test_a_refused_first_upload_leaves_no_files(
@@ -322,3 +322,28 @@ def test_no_refusal_in_the_corpus_names_a_server_path(corpus: Corpus) -> None:
         except ValueError as exc:
             assert scrub(str(exc)) == str(exc) and str(corpus.folder) not in str(exc), str(exc)
             assert not re.search(r"(^|[\s'(])/\w", str(exc)), str(exc)
+
+
+def test_an_ended_sessions_export_is_no_longer_served(
+    preview_app: PreviewApp, corpus: Corpus, closing_quickly: None
+) -> None:
+    """The copy Gradio serves of an export is deleted with the session, so its URL stops working."""
+    client = Client(preview_app.url, verbose=False, download_files=False)
+    client.predict(image=handle_file(corpus.base_image), api_name="/open")
+    client.predict(handle_file(corpus.base_mask), 0, api_name="/add_object")
+    ws = workspace_of(preview_app, client)
+    (index,) = [i for i, fn in preview_app.demo.fns.items() if fn.api_name == "on_export"]
+    (trigger, _), *_ = preview_app.demo.fns[index].targets
+    with httpx.Client(base_url=f"{preview_app.url}gradio_api/", timeout=30) as http:
+        body = {"data": [None, "Masks (PNG zip)"], "fn_index": index, "trigger_id": trigger}
+        joined = http.post("queue/join", json={**body, "session_hash": client.session_hash})
+        assert joined.status_code == 200, joined.text
+        events = http.get("queue/data", params={"session_hash": client.session_hash}).text
+        (done,) = [line for line in events.splitlines() if '"process_completed"' in line]
+        served = re.search(r'"path": ?"([^"]+masks\.zip)"', done).group(1)
+        assert http.get(f"file={served}").status_code == 200
+        assert Path(served) in ws.copies
+        client.close()
+        assert wait_for(lambda: ws.session is None), "the session's workspace was never closed"
+        assert http.get(f"file={served}").status_code in (403, 404)
+    assert not Path(served).exists()
