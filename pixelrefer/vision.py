@@ -4,7 +4,8 @@ PixelRefer checkpoints name the tower `DAMO-NLP-SG/VL3-SigLIP-NaViT` (or, in tes
 repo's `config.json` and `preprocessor_config.json` are read; the weights live in the PixelRefer
 checkpoint under `model.vision_encoder.vision_encoder.*`. What PixelRefer changes about the processor is
 the size rule (spec §3.1): the official `smart_resize` scales tiny images up to the patch factor first,
-and the pixel budget is divided among the images of one call; both are applied here.
+and the pixel budget is divided among the images of one call; both are applied here. The bicubic resize
+itself is pinned to one pass order (`bicubic_resize`), so a Pillow upgrade cannot change answers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from transformers import VideoLlama3VisionConfig, VideoLlama3VisionModel
 from transformers.image_utils import PILImageResampling, SizeDict
@@ -32,6 +34,7 @@ __all__ = [
     "PixelReferImageProcessor",
     "ProcessedImages",
     "VisionTower",
+    "bicubic_resize",
     "load_vision_config",
     "smart_resize",
     "vision_config_from_dict",
@@ -103,12 +106,32 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h_bar, w_bar
 
 
+def bicubic_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pillow's antialiased bicubic resize of a (C, H, W) uint8 image, widths first, then heights.
+
+    That is the order Pillow <= 12 (what the official demo's requirements resolve to, and our pin) runs its
+    two passes in, rounding to 8 bits in between. Pillow 13 may run them the other way round when one side
+    shrinks and the other grows (up to 2/255 on a few percent of pixels of a photo), so each pass here is
+    its own one-axis resize, which has a single order in every version.
+    """
+    channels_last = np.ascontiguousarray(np.moveaxis(image, 0, -1))
+    picture = Image.fromarray(channels_last[..., 0] if channels_last.shape[-1] == 1 else channels_last)
+    if picture.width != width:
+        picture = picture.resize((width, picture.height), Image.Resampling.BICUBIC)
+    if picture.height != height:
+        picture = picture.resize((width, height), Image.Resampling.BICUBIC)
+    out = np.asarray(picture)
+    return np.moveaxis(out if out.ndim == 3 else out[..., None], -1, 0)
+
+
 class PixelReferImageProcessor(VideoLlama3ImageProcessorPil):
-    """VideoLLaMA 3's PIL processor with the official PixelRefer size rule."""
+    """VideoLLaMA 3's PIL processor with the official PixelRefer size rule and a pinned bicubic pass order."""
 
     def resize(self, image: np.ndarray, size: SizeDict, resample, factor: int, **kwargs) -> np.ndarray:
         height, width = image.shape[-2:]
         target_h, target_w = smart_resize(height, width, factor, size.shortest_edge, size.longest_edge)
+        if image.dtype == np.uint8 and PILImageResampling(resample) == PILImageResampling.BICUBIC:
+            return bicubic_resize(image, target_h, target_w)
         return super(VideoLlama3ImageProcessorPil, self).resize(
             image=image, size=SizeDict(height=target_h, width=target_w), resample=resample
         )

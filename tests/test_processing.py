@@ -493,3 +493,84 @@ def test_frame_keep_mask_compares_with_the_previous_frame_not_the_first() -> Non
 
 def test_a_single_frame_keeps_everything() -> None:
     assert frame_keep_mask(_frames([[0.0, 1.0, 2.0, 3.0]]), 2).tolist() == [True] * 4
+
+
+# ---------------------------------------------------------------------------------------------- resizing
+
+PRECISION_BITS = 22  # Pillow's fixed-point resampling precision for 8-bit images (32 - 8 - 2)
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    a, x = -0.5, np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _resample_axis(image: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """One antialiased bicubic pass along `axis` of a uint8 array, in Pillow's fixed-point arithmetic."""
+    in_size = image.shape[axis]
+    scale = in_size / size
+    filter_scale = max(scale, 1.0)
+    support = 2.0 * filter_scale
+    moved = np.moveaxis(image, axis, 0).astype(np.int64)
+    out = np.empty((size, *moved.shape[1:]), np.int64)
+    for index in range(size):
+        center = (index + 0.5) * scale
+        low, high = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
+        weights = _bicubic((np.arange(low, high) - center + 0.5) / filter_scale)
+        weights = weights / weights.sum()
+        fixed = np.where(weights < 0, -0.5, 0.5) + weights * (1 << PRECISION_BITS)
+        fixed = np.trunc(fixed).astype(np.int64)
+        total = (1 << (PRECISION_BITS - 1)) + np.tensordot(fixed, moved[low:high], axes=(0, 0))
+        out[index] = np.clip(total >> PRECISION_BITS, 0, 255)
+    return np.moveaxis(out.astype(np.uint8), 0, axis)
+
+
+def reference_resize(image: np.ndarray, height: int, width: int, widths_first: bool = True) -> np.ndarray:
+    """The documented behaviour, computed without Pillow: a (C, H, W) image, widths then heights."""
+    if widths_first:
+        return _resample_axis(_resample_axis(image, width, 2), height, 1)
+    return _resample_axis(_resample_axis(image, height, 1), width, 2)
+
+
+def _frame(height: int, width: int) -> np.ndarray:
+    """A photo-like frame: gradients, a sharp-edged disc and some noise, as (C, H, W) uint8."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    disc = ((rows - height / 2) ** 2 + (cols - width / 3) ** 2 < (height / 4) ** 2) * 120
+    noise = np.random.default_rng(3).integers(0, 40, (height, width))
+    channels = [cols * 255 // width, rows * 255 // height, (disc + noise) % 256]
+    return np.stack(channels).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("target", "source"), [((112, 168), (120, 160)), ((126, 154), (120, 160))])
+def test_resizing_is_widths_first_then_heights_whatever_the_pillow_version(
+    target: tuple[int, int], source: tuple[int, int]
+) -> None:
+    from pixelrefer.vision import bicubic_resize
+
+    frame = _frame(*source)
+    ours = bicubic_resize(frame, *target)
+    assert ours.shape == (3, *target) and ours.dtype == np.uint8
+    np.testing.assert_array_equal(ours, reference_resize(frame, *target))
+    # The other pass order (Pillow 13's choice when one side shrinks and the other grows) differs, so the
+    # comparison above would notice if the order changed.
+    other = reference_resize(frame, *target, widths_first=False)
+    assert (other != ours).any()
+
+
+def test_the_processor_resizes_with_the_pinned_order(processor) -> None:
+    frame = _frame(120, 160)
+    processed = preprocess_images(
+        processor,
+        [np.ascontiguousarray(np.moveaxis(frame, 0, -1))],
+        downsampling=1,
+        max_pixels=MAX_PIXELS,
+        merge_size=2,
+    )
+    _, h, w = processed.grid_thw[0].tolist()
+    assert (h * 14, w * 14) == (126, 154)  # 160x120 -> 154x126: the width shrinks, the height grows
+    expected = reference_resize(frame, 126, 154).astype(np.float32) / 255 * 2 - 1  # mean and std 0.5
+    # Undo the patch layout (merge 1: rows of 14x14 patches, row-major) and compare pixel by pixel.
+    patches = processed.pixel_values.view(h, w, 3, 14, 14).permute(2, 0, 3, 1, 4).reshape(3, h * 14, w * 14)
+    np.testing.assert_allclose(patches.numpy(), expected, atol=1e-6)
