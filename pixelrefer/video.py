@@ -401,11 +401,11 @@ def load_clip(
     info = probe_video(path, limits)
     notes: list[str] = []
     n_frames = info.n_frames
-    total = (
-        f"{info.n_frames}"
-        if info.complete
-        else f"about {max(info.n_frames, round(info.duration * info.fps))}"
-    )
+    estimate = round(info.duration * info.fps)
+    if info.complete:
+        total = f"{info.n_frames}"
+    else:
+        total = f"about {estimate}" if estimate > info.n_frames else f"more than {info.n_frames}"
     if info.duration > limits.max_duration_s:
         n_frames = min(n_frames, max(1, int(limits.max_duration_s * info.fps)))
         notes.append(
