@@ -190,3 +190,25 @@ def test_concurrent_visitors_get_their_own_answers(models: dict, engines: dict) 
 def test_a_server_for_another_llm_is_refused(models: dict, engines: dict) -> None:
     with pytest.raises(RuntimeError, match="not this checkpoint's LLM"):
         VllmEngine(engines["full"].url, "pixelrefer-llm-0000000000000000", models["full"].generation_config)
+
+
+def test_the_app_service_serves_through_the_engine(models: dict, engines: dict, tmp_path) -> None:
+    from pixelrefer.service import AppSettings, Service
+
+    settings = AppSettings(
+        model=str(models["full"].folder),
+        engine="vllm",
+        engine_url=engines["full"].url,
+        dtype="float32",
+        device="cpu",
+    )
+    service = Service(settings)
+    model = service.load(settings.model)
+    try:
+        assert not service.preview and not service.engine_notice
+        assert model.engine.name == "vllm" and service.status()["engine"] == "vllm"
+        assert service.model_concurrency == 16  # model events no longer serialize
+        assert conversation(image_session(model)) == conversation(image_session(models["full"]))
+    finally:
+        service.close()  # a server given by URL is left running
+    assert engines["full"]._server.process.poll() is None

@@ -40,7 +40,7 @@ class VllmEngine(DecodeEngine):
     """A client of a vLLM server that serves the checkpoint's exported LLM under `model_name`.
 
     `server` (a `VllmServer` this process started) is closed with the engine; a server given by `url`
-    is only used. `max_concurrency` is the server's `max_num_seqs`: the app lets that many answers run.
+    is only used. `verify` first checks that the server serves this LLM. `max_concurrency` is the server's `max_num_seqs`: the app lets that many answers run.
     """
 
     name = "vllm"
@@ -55,6 +55,7 @@ class VllmEngine(DecodeEngine):
         max_concurrency: int = 16,
         server: object | None = None,
         request_timeout_s: float = 600.0,
+        verify: bool = True,
     ) -> None:
         self.url = url.rstrip("/")
         self.model_name = model_name
@@ -64,7 +65,8 @@ class VllmEngine(DecodeEngine):
         self._server = server
         self._timeout = request_timeout_s
         self._salts: dict[int, str] = {}
-        self.check()
+        if verify:
+            self.check()
 
     @property
     def max_concurrency(self) -> int:
