@@ -1,10 +1,13 @@
 """The app in a real browser: Playwright's Python package driving Debian's headless Chromium.
 
-Three flows run against the app in offline preview (served in this process, see `preview_app` in
-conftest.py): an example with a streamed answer; an image with a clicked and a boxed object, a chat about
-both, a stopped answer and a regenerated one; a clip marked on a middle frame, tracked, previewed and
-asked about. A fourth runs the real path in a separate `python app.py` process: a fixture PixelRefer
-checkpoint and a tiny random SAM 2.1 saved by the test.
+The flows run against the app in offline preview (served in this process, see `preview_app` in
+conftest.py): an example with a streamed answer; an image uploaded onto the canvas with a clicked and a
+boxed object, a chat about both, a stopped answer and a regenerated one; a clip marked on a middle frame,
+tracked, previewed and asked about; every expected error, after which the canvas still makes masks;
+Describe with three objects; the brush starting clean after Keep; a clip example opening the clip view;
+a cancelled tracking run; the first screen on a desktop and on a phone. One more runs the real path in a
+separate `python app.py` process: a fixture PixelRefer checkpoint and a tiny random SAM 2.1 saved by the
+test.
 
 Every test saves a full-page screenshot under artifacts/screenshots/. The README's screenshots of the image
 and video flows are rewritten from the same runs with
@@ -32,7 +35,7 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from transformers import LogitsProcessor
 
-from pixelrefer import inference
+from pixelrefer.engines import transformers_engine
 from pixelrefer.masks import mask_from_rle, object_color
 from pixelrefer.video import load_clip, probe_video, read_frames
 
@@ -53,7 +56,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1280, "height": 900}
+VIEWPORT = {"width": 1440, "height": 900}
+PHONE = {"width": 390, "height": 844}
 WAIT_MS = 60_000
 """How long to wait for something to appear: generous, since these are waits, never timings."""
 
@@ -72,8 +76,8 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-def open_app(browser: Browser, url: str) -> Page:
-    page = browser.new_page(viewport=VIEWPORT)
+def open_app(browser: Browser, url: str, viewport: dict = VIEWPORT) -> Page:
+    page = browser.new_page(viewport=viewport)
     page.set_default_timeout(WAIT_MS)
     page.goto(url, wait_until="load")
     page.wait_for_selector("#chat")
@@ -96,11 +100,10 @@ def save_screenshot(page: Page, name: str, *, readme: bool = False) -> Path:
     if readme and os.environ.get("PIXELREFER_UPDATE_SCREENSHOTS") == "1":
         README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         target = README_SCREENSHOTS / f"{name}.png"
-        # The columns below the banner, as a visitor sees them; 128 colours keep the file small.
+        # The first screen, as a visitor sees it; 128 colours keep the file small.
         shot = Image.open(path).convert("RGB")
-        top = page.locator(".tabs").first.evaluate("e => e.getBoundingClientRect().top + window.scrollY")
-        top = max(0, int(top) - 12)
-        shot = shot.crop((0, top, shot.width, min(shot.height, top + 1000)))
+        viewport = page.viewport_size or VIEWPORT
+        shot = shot.crop((0, 0, shot.width, min(shot.height, viewport["height"])))
         shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
         assert target.stat().st_size < 400_000
     return path
@@ -130,7 +133,7 @@ def pace(monkeypatch: pytest.MonkeyPatch, preview_app: PreviewApp) -> Callable[.
     token limit whatever this machine's arithmetic makes of the random weights (a one-token answer cannot be
     seen streaming).
     """
-    original = inference.build_logits_processors
+    original = transformers_engine.build_logits_processors
 
     def set_pace(delay_s: float, *, endless: bool = False) -> None:
         def build(settings, config):
@@ -139,7 +142,7 @@ def pace(monkeypatch: pytest.MonkeyPatch, preview_app: PreviewApp) -> Callable[.
             processors.append(Paced(delay_s, eos_ids))
             return processors
 
-        monkeypatch.setattr(inference, "build_logits_processors", build)
+        monkeypatch.setattr(transformers_engine, "build_logits_processors", build)
 
     set_pace(0.01, endless=True)
     return set_pace
@@ -176,6 +179,35 @@ def mark(page: Page, x: float, y: float, expect: str) -> None:
     """Click the canvas and wait for the marking message to say `expect`."""
     click_pixel(page, x, y)
     wait_text(page, "#mark-info", expect)
+
+
+UPLOAD = "#canvas input[type=file]"
+OPEN_CLIP = "input[type=file][accept*=video]"
+
+
+def upload(page: Page, path: Path, expect: str = "Click on an object to mark it.") -> None:
+    """Drop a file onto the canvas and wait for the marking message."""
+    page.locator(UPLOAD).set_input_files(str(path))
+    wait_text(page, "#mark-info", expect)
+
+
+def pick_example(page: Page, name: str) -> None:
+    """Click an example's thumbnail and wait until it is loaded."""
+    page.locator("#examples .thumbnail-item", has_text=name).first.click()
+    wait_text(page, "#mark-info", f"Example “{name}” loaded")
+
+
+def toast(page: Page, text: str) -> None:
+    """Wait for a toast that says `text`, then close every toast."""
+    page.locator(".toast-body", has_text=text).first.wait_for()
+    for close in page.locator(".toast-close").all():
+        if close.is_visible():
+            close.click()
+
+
+def no_error_state(page: Page) -> None:
+    """No component shows Gradio's error state (the red "Error" pill that replaces its content)."""
+    expect(page.locator('[data-testid="status-tracker"] .error')).to_have_count(0)
 
 
 def keep(page: Page, tag: str) -> None:
@@ -309,13 +341,11 @@ def test_example_gives_a_streamed_answer(page: Page, preview_app: PreviewApp, sc
     examples = {example.name: example for example in preview_app.examples}
     coffee, cat = examples["coffee"], examples["cat"]
 
-    # An upload first, then an example, which takes its place (the upload box no longer shows the upload) ...
-    page.locator("#image-in input[type=file]").set_input_files(str(scene.path))
-    wait_text(page, "#mark-info", "Click on an object to mark it.")
-    expect(page.locator("#image-in img")).to_have_count(1)
-    page.get_by_role("button", name=coffee.name, exact=True).click()
-    wait_text(page, "#mark-info", f"Example “{coffee.name}” loaded")
-    expect(page.locator("#image-in img")).to_have_count(0)
+    # An upload first, then an example, which takes its place on the same canvas ...
+    upload(page, scene.path)
+    uploaded = page.locator("#canvas img").first.get_attribute("src")
+    pick_example(page, coffee.name)
+    expect(page.locator("#canvas img").first).not_to_have_attribute("src", uploaded)
     expect(page.locator("#question textarea")).to_have_value(coffee.question)
     assert len(object_tags(page)) == len(coffee.objects)
     send(page)
@@ -327,8 +357,7 @@ def test_example_gives_a_streamed_answer(page: Page, preview_app: PreviewApp, sc
     assert len(answers(page)) == 1 and questions(page) == [coffee.question]
 
     # ... then another example replaces all of it: objects, question, conversation.
-    page.get_by_role("button", name=cat.name, exact=True).click()
-    wait_text(page, "#mark-info", f"Example “{cat.name}” loaded")
+    pick_example(page, cat.name)
     expect(page.locator("#question textarea")).to_have_value(cat.question)
     assert object_tags(page) == [f"<object{k}> {obj.name}" for k, obj in enumerate(cat.objects, start=1)]
     assert answers(page) == [] and questions(page) == []
@@ -343,8 +372,7 @@ def test_example_gives_a_streamed_answer(page: Page, preview_app: PreviewApp, sc
 def test_image_two_objects_chat_stop_regenerate(
     page: Page, preview_app: PreviewApp, scene: SceneImage, tmp_path: Path, pace: Callable[..., None]
 ) -> None:
-    page.locator("#image-in input[type=file]").set_input_files(str(scene.path))
-    wait_text(page, "#mark-info", "Click on an object to mark it.")
+    upload(page, scene.path)
 
     # One click on the disc, kept as <object1>.
     mark(page, *scene.disc_centre, expect="Mask by GrabCut")
@@ -416,8 +444,8 @@ def test_clip_marked_on_a_middle_frame_tracked_and_asked(page: Page, clip: Scene
     assert len(sampled) == 4
     middle = 2
 
-    page.get_by_role("tab", name="Video").click()
-    page.locator("#video-in input[type=file]").set_input_files(str(clip.path))
+    expect(page.locator("#frame")).to_have_count(0)  # the clip timeline belongs to clips only
+    page.locator(OPEN_CLIP).set_input_files(str(clip.path))
     wait_text(page, "#mark-info", f"{len(sampled)} frames sampled")
 
     # Move the frame slider to a middle frame, as a visitor drags it.
@@ -434,7 +462,7 @@ def test_clip_marked_on_a_middle_frame_tracked_and_asked(page: Page, clip: Scene
     keep(page, "<object1>")
     assert object_tags(page) == ["<object1> · 1 frame(s)"]
     page.get_by_role("button", name="Track objects through the clip").click()
-    wait_text(page, "#mark-info", "Tracked through every sampled frame.")
+    wait_text(page, "#mark-info", f"Tracked through every sampled frame ({len(sampled)}).")
     assert object_tags(page) == [f"<object1> · {len(sampled)} frame(s)"]
 
     # The overlay clip plays in the page and shows the disc tinted on every frame, before and after the mark.
@@ -462,6 +490,82 @@ def test_clip_marked_on_a_middle_frame_tracked_and_asked(page: Page, clip: Scene
     (final,) = answers(page)
     assert_streamed(log, final, count=1)
     save_screenshot(page, "video_flow", readme=True)
+
+
+# ---------------------------------------------------------------------- errors, objects, clips, phones
+
+
+def test_errors_leave_every_component_usable(page: Page, scene: SceneImage, tmp_path: Path) -> None:
+    # A text file named .png reaches the library's check (Gradio does not decode it first).
+    fake = tmp_path / "notes.png"
+    fake.write_text("this is not a picture\n")
+    page.locator(UPLOAD).set_input_files(str(fake))
+    toast(page, "not an image")
+    no_error_state(page)
+
+    upload(page, scene.path)
+    page.get_by_role("button", name="Keep object", exact=True).click()  # nothing marked yet
+    toast(page, "Mark the object first")
+    no_error_state(page)
+    mark(page, *scene.disc_centre, expect="Mask by GrabCut")
+    keep(page, "<object1>")
+
+    # A tag that names no object: the toast shows the tag as text, the question stays to be corrected.
+    page.locator("#question textarea").fill("What is <object9>?")
+    page.get_by_role("button", name="Send", exact=True).click()
+    toast(page, "<object9> is not a marked object")
+    expect(page.locator("#question textarea")).to_have_value("What is <object9>?")
+    no_error_state(page)
+
+    # After all of it, the canvas still takes clicks and makes masks.
+    x0, y0, x1, y1 = scene.square_box
+    mark(page, (x0 + x1) / 2, (y0 + y1) / 2, expect="Mask by GrabCut")
+    keep(page, "<object2>")
+    assert object_tags(page) == ["<object1>", "<object2>"]
+    no_error_state(page)
+
+
+def test_describe_with_three_objects(page: Page, preview_app: PreviewApp) -> None:
+    coffee = {example.name: example for example in preview_app.examples}["coffee"]
+    assert len(coffee.objects) == 3
+    pick_example(page, coffee.name)
+    set_max_tokens(page, 6)
+    watch_chat(page)
+    page.get_by_role("button", name="Describe each object (3)").click()
+    page.wait_for_function("() => document.querySelectorAll('#chat [data-testid=\"bot\"]').length === 3")
+    wait_chat_done(page)
+    assert questions(page) == [f"Describe <object{k}> in detail." for k in (1, 2, 3)]
+    assert all(answer.strip() for answer in answers(page))
+    no_error_state(page)
+
+
+def test_clip_example_opens_the_clip_view(page: Page, preview_app: PreviewApp) -> None:
+    clip_example = next(example for example in preview_app.examples if example.kind == "video")
+    expect(page.locator("#frame")).to_have_count(0)
+    pick_example(page, clip_example.name)
+    expect(page.locator("#frame input[type=range]")).to_be_visible()
+    expect(page.get_by_role("button", name="Track objects through the clip")).to_be_visible()
+    expect(page.locator("#overlay video")).to_have_count(1)
+    assert len(object_tags(page)) == len(clip_example.objects)
+
+
+def test_phone_first_screen(browser: Browser, preview_app: PreviewApp) -> None:
+    page = open_app(browser, preview_app.url, PHONE)
+    try:
+        banner = page.locator("#banner")
+        assert "Offline preview" in banner.inner_text()
+        assert banner.bounding_box()["height"] < 90  # a one-line notice ...
+        # The chat comes right after the canvas and its tools: one swipe down.
+        chat_top = page.evaluate("document.querySelector('#chat').getBoundingClientRect().top + scrollY")
+        assert chat_top < 1.5 * PHONE["height"], f"the chat starts {chat_top:.0f} px down"
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"the page is {width} px wide on a {PHONE['width']} px phone"
+        save_screenshot(page, "phone", readme=True)
+        banner.get_by_role("button").first.click()  # ... that opens to the whole text
+        wait_text(page, "#banner", "tiny random model built on this machine")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    finally:
+        page.context.close()
 
 
 # ---------------------------------------------------------------------- the real path
@@ -507,13 +611,12 @@ def real_app(tiny_sam2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def test_real_path_sam2_click_and_answer(browser: Browser, real_app: str, scene: SceneImage) -> None:
     page = open_app(browser, real_app)
     try:
-        assert "Offline preview" not in page.locator("#banner").inner_text()
+        expect(page.locator("#banner")).to_be_hidden()
         open_panel(page, "model-panel")
         status = page.locator("#model-status").inner_text()
         assert "checkpoint" in status and "SAM 2.1" in status and "preview" not in status
 
-        page.locator("#image-in input[type=file]").set_input_files(str(scene.path))
-        wait_text(page, "#mark-info", "Click on an object to mark it.")
+        upload(page, scene.path)
         mark(page, *scene.disc_centre, expect="Mask by SAM 2.1")
         keep(page, "<object1>")
 
