@@ -201,7 +201,8 @@ class PixelRefer:
         """Load a local folder or a hub id (`Alibaba-DAMO-Academy/PixelRefer-2B`, `-7B`, `PixelRefer-Lite-2B`, `-Lite-7B`).
 
         `device`: auto (all visible GPUs, else CPU), cpu, cuda, cuda:N. `dtype`: auto (bf16 on GPUs of
-        compute capability >= 8, fp16 on older ones, fp32 on CPU), float32, float16, bfloat16.
+        compute capability >= 8 and on CPUs with native bf16, else fp32; see `devices.plan_loading`),
+        float32, float16, bfloat16.
         `quantization`: None/"none", "8bit" or "4bit" (bitsandbytes, LLM only).
         """
         return cls(
