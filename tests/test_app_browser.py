@@ -549,6 +549,37 @@ def test_clip_example_opens_the_clip_view(page: Page, preview_app: PreviewApp) -
     assert len(object_tags(page)) == len(clip_example.objects)
 
 
+def test_cancel_tracking_says_so_and_keeps_the_frame(
+    page: Page, preview_app: PreviewApp, clip: SceneClip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    segmenter = preview_app.service.segmenter
+    original = segmenter._track
+
+    def slow_track(frames, prompts, progress, cancel):
+        def step(done: int, total: int) -> None:
+            time.sleep(0.5)  # long enough for the Cancel click to land mid-run
+            if progress is not None:
+                progress(done, total)
+
+        return original(frames, prompts, step, cancel)
+
+    monkeypatch.setattr(segmenter, "_track", slow_track)
+    sampled = load_clip(clip.path)
+    page.locator(OPEN_CLIP).set_input_files(str(clip.path))
+    wait_text(page, "#mark-info", f"{len(sampled)} frames sampled")
+    mark(page, *clip.centres[sampled.indices[0]], expect="Mask by GrabCut")
+    keep(page, "<object1>")
+    shown = page.locator("#canvas img").first.get_attribute("src")
+    page.get_by_role("button", name="Track objects through the clip").click()
+    page.get_by_role("button", name="Cancel tracking").click()
+    wait_text(page, "#mark-info", "Tracking was cancelled")
+    toast(page, "Tracking cancelled")
+    no_error_state(page)
+    expect(page.locator("#canvas img").first).to_have_attribute("src", shown)
+    assert object_tags(page) == ["<object1> · 1 frame(s)"]
+    mark(page, *clip.centres[sampled.indices[0]], expect="Mask by GrabCut")  # the canvas still marks
+
+
 def test_phone_first_screen(browser: Browser, preview_app: PreviewApp) -> None:
     page = open_app(browser, preview_app.url, PHONE)
     try:
