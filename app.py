@@ -393,22 +393,28 @@ def on_click(ws, tool, evt: gr.SelectData):
     return (ws, *view(ws, message))
 
 
-class Painter(gr.ImageEditor):
+def painter(**kwargs) -> gr.ImageEditor:
     """The brush panel. An ImageEditor decodes every image the browser sends (each layer, the background,
     the composite) before any handler runs, so each is held to the upload limits from its header first:
-    a small PNG declaring 13000x13000 pixels is refused unread."""
+    a small PNG declaring 13000x13000 pixels is refused unread. The check is bound on the instance, since
+    a subclass of a Gradio component makes Gradio write an `app.pyi` stub beside this file."""
+    editor = gr.ImageEditor(**kwargs)
+    decode = editor.convert_and_format_image
 
-    def convert_and_format_image(self, file, flatten_on_white: bool = False):
+    def checked(file, flatten_on_white: bool = False):
         if file is not None:
             try:
                 check_image_file(file.path if hasattr(file, "path") else bytes(file), SERVICE.settings.media)
             except ImageError as exc:
                 raise gr.Error(str(exc), print_exception=False) from None
-        return super().convert_and_format_image(file, flatten_on_white)
+        return decode(file, flatten_on_white)
+
+    editor.convert_and_format_image = checked
+    return editor
 
 
 def brush_layer(editor) -> np.ndarray | None:
-    """The painted strokes of a `Painter` value as one bool mask (its layers were checked on arrival)."""
+    """The painted strokes of a `painter` value as one bool mask (its layers were checked on arrival)."""
     if not editor or not editor.get("layers"):
         return None
     layers = [np.asarray(layer) for layer in editor["layers"] if layer is not None]
@@ -793,7 +799,7 @@ def canvas_panel(settings: AppSettings) -> SimpleNamespace:
         sources=["upload", "clipboard"], interactive=True, height=440, elem_id="canvas",
         placeholder="Drop an image here or click to upload. Or open a clip, or pick an example.",
     )  # fmt: skip
-    p.painter = Painter(
+    p.painter = painter(
         label="Paint over the object", type="numpy", visible=False, sources=[], layers=False, height=440,
         transforms=[], brush=gr.Brush(colors=["#ff00ff"], default_size=12, color_mode="fixed"),
         elem_id="painter",

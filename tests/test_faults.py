@@ -7,6 +7,8 @@ instead of crash-looping. Out-of-memory errors are injected (`torch.OutOfMemoryE
 
 from __future__ import annotations
 
+import asyncio
+import html
 import json
 from collections.abc import Iterator
 from dataclasses import replace
@@ -115,14 +117,17 @@ def test_out_of_memory_while_tracking_is_one_message_and_tracking_then_works(
             {ws.frame_index: middle_mask(BASE_SIZE[1], BASE_SIZE[0])}, marked_frames=[ws.frame_index]
         )
         quiet = lambda *args, **kwargs: None  # noqa: E731 - stands in for gr.Progress
+        toasts: list[str] = []
         with monkeypatch.context() as patch:
             patch.setattr(preview_app.service.segmenter, "track", out_of_memory)
-            with pytest.raises(gr.Error) as refusal:
-                app.on_track(ws, progress=quiet)
-        assert refusal.value.message == OOM_MESSAGE
+            patch.setattr(gr, "Warning", lambda message, *args, **kwargs: toasts.append(message))
+            kept = asyncio.run(app.on_track(ws, progress=quiet))
+        # A page event: the message is a toast and every output keeps its value (no error state).
+        assert toasts == [html.escape(OOM_MESSAGE)]
+        assert kept == gr.skip()
         assert releases == [1]
         assert not ws.tracked
-        outputs = app.on_track(ws, progress=quiet)
+        outputs = asyncio.run(app.on_track(ws, progress=quiet))
         assert outputs[0] is ws and ws.tracked
         (obj,) = ws.objects()
         assert sorted(obj.masks) == list(ws.clip.indices)

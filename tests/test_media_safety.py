@@ -205,7 +205,7 @@ def test_the_brush_panel_refuses_a_bomb_layer_unread_and_passes_a_real_one(
 
     import app
 
-    painter = app.Painter(type="numpy")
+    painter = app.painter(type="numpy")
     bomb = tmp_path / "layer.png"
     bomb.write_bytes(png_header(13000, 13000))
     decoded: list[object] = []

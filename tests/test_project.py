@@ -44,3 +44,10 @@ def test_test_tools_stay_out_of_the_app_requirements() -> None:
     assert "-r requirements.txt" in test_lines
     for tool in ("pytest", "playwright", "ruff"):
         assert _listed("requirements-test.txt", tool) and not _listed("requirements.txt", tool), tool
+
+
+def test_importing_the_app_writes_nothing_beside_the_code() -> None:
+    """Defining a subclass of a Gradio component makes Gradio write a `.pyi` stub next to its source."""
+    import app  # noqa: F401 - imported for its side effects
+
+    assert not (REPO / "app.pyi").exists()
