@@ -49,7 +49,9 @@ class _Scope:
             stop()
 
 
-_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("pixelrefer_cancel_scope", default=None)
+_SCOPE: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+    "pixelrefer_cancel_scope", default=None
+)
 
 
 def on_cancel(stop: Callable[[], None]) -> None:

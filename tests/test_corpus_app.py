@@ -186,6 +186,8 @@ def test_too_many_new_tokens_are_refused_with_the_limit(
     limit = preview_app.service.settings.max_new_tokens
     next_request_works(client, corpus)
     # The route guard checks the number against the API's declared range before the handler runs.
-    with pytest.raises(ValidationError, match=rf"max_new_tokens must be between 1 and {limit:,}, got 1,000,000"):
+    with pytest.raises(
+        ValidationError, match=rf"max_new_tokens must be between 1 and {limit:,}, got 1,000,000"
+    ):
         ask(client, tokens=1_000_000)
     next_request_works(client, corpus)
