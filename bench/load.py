@@ -202,6 +202,65 @@ def flood(url: str, visitors: list[Visitor], tokens: int, timeout_s: float = 300
             client.close()
 
 
+@dataclass(frozen=True)
+class Mixed:
+    """A mixed crowd: askers answered, told busy, failed or hung; cross-talk among them; markers told busy."""
+
+    answered: int
+    busy: int
+    failed: list[str]
+    hung: int
+    crossed: int
+    markers: int
+    markers_busy: int
+    markers_failed: list[str]
+
+
+def mixed(
+    url: str, askers: list[Visitor], markers: list[Visitor], tokens: int, references: dict[int, str],
+    timeout_s: float = 300,
+) -> Mixed:  # fmt: skip
+    """Every asker prepared and every `/ask` submitted at once; while those answers are queued, the markers
+    open their pictures and mark their objects, which must never be told the queue is full."""
+    clients = [connect(url) for _ in askers]
+    try:
+        for client, visitor in zip(clients, askers, strict=True):
+            prepare(client, visitor)
+        jobs = [
+            c.submit(v.question, tokens, 1234, api_name="/ask") for c, v in zip(clients, askers, strict=True)
+        ]
+        marker_busy, marker_failed = 0, []
+        for visitor in markers:
+            marker = connect(url)
+            try:
+                prepare(marker, visitor)
+            except Exception as exc:
+                if BUSY in str(exc):
+                    marker_busy += 1
+                else:
+                    marker_failed.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                marker.close()
+        answered, busy, failed, hung, crossed = 0, 0, [], 0, 0
+        deadline = time.monotonic() + timeout_s
+        for job, visitor in zip(jobs, askers, strict=True):
+            try:
+                answer = job.result(timeout=max(0.1, deadline - time.monotonic()))
+                answered += 1
+                crossed += int(visitor.index in references and answer != references[visitor.index])
+            except TimeoutError:
+                hung += 1
+            except Exception as exc:
+                if BUSY in str(exc):
+                    busy += 1
+                else:
+                    failed.append(f"{type(exc).__name__}: {exc}")
+        return Mixed(answered, busy, failed, hung, crossed, len(markers), marker_busy, marker_failed)
+    finally:
+        for client in clients:
+            client.close()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))] if ordered else float("nan")
@@ -344,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=16, help="visitors at once (default 16)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all visitors at once (default 3)")
+    parser.add_argument(
+        "--mixed", type=int, default=32, help="visitors in the mixed round: 3/4 ask, 1/4 only mark (0: none)"
+    )
     parser.add_argument("--tokens", type=int, default=24, help="new tokens per answer (default 24)")
     parser.add_argument("--queue-size", type=int, default=16, help="the app's --queue-size (default 16)")
     parser.add_argument("--concurrency", type=int, default=1, help="the app's --concurrency (default 1)")
@@ -361,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     folder = Path(tempfile.mkdtemp(prefix="pixelrefer-load-media-"))
-    visitors = make_visitors(folder, max(args.sessions, args.queue_size + args.extra))
+    visitors = make_visitors(folder, max(args.sessions, args.queue_size + args.extra, args.mixed * 3 // 4))
     crowd = visitors[: args.sessions]
     how = "served in this process" if args.in_process else "as a subprocess"
     print(
@@ -415,6 +477,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         left, waited = settle(app)
         print(f"after the flood: RSS {app.rss_mb():.0f} MB; left: {shown(left)} ({waited:.1f} s to free)")
+        if args.mixed:
+            askers = visitors[: args.mixed * 3 // 4]
+            markers = make_visitors(folder / "markers", args.mixed)[len(askers) :]
+            outcome = mixed(app.url, askers, markers, args.tokens, references)
+            print(
+                f"mixed round of {args.mixed}: {len(askers)} ask at once, {outcome.markers} only open and mark "
+                f"meanwhile; askers: {outcome.answered} answered, {outcome.busy} told busy, "
+                f"{len(outcome.failed)} failed otherwise, {outcome.hung} hung, cross-talk {outcome.crossed}; "
+                f'markers told "{BUSY}": {outcome.markers_busy}, failed: {len(outcome.markers_failed)}'
+                + (
+                    f" {outcome.failed[:2] + outcome.markers_failed[:2]}"
+                    if outcome.failed or outcome.markers_failed
+                    else ""
+                )
+            )
     finally:
         app.stop()
     return 0
