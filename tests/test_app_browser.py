@@ -549,6 +549,29 @@ def test_clip_example_opens_the_clip_view(page: Page, preview_app: PreviewApp) -
     assert len(object_tags(page)) == len(clip_example.objects)
 
 
+def test_brush_starts_clean_after_keep(page: Page, scene: SceneImage) -> None:
+    upload(page, scene.path)
+    choose_tool(page, "Brush")
+    expect(page.locator("#canvas")).to_be_hidden()  # the brush paints in the canvas's place
+    surface = page.locator("#painter canvas").last
+    surface.wait_for()
+    page.wait_for_timeout(500)
+    box = surface.bounding_box()
+    x, y = box["x"] + box["width"] * 0.31, box["y"] + box["height"] * 0.5
+    page.mouse.move(x - 15, y)
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(x - 15 + 3 * step, y + step, steps=2)
+    page.mouse.up()
+    page.get_by_role("button", name="Segment from strokes").click()
+    wait_text(page, "#mark-info", "Mask by")
+    keep(page, "<object1>")
+    # The strokes went with <object1>: segmenting again finds nothing painted.
+    page.get_by_role("button", name="Segment from strokes").click()
+    toast(page, "Paint over the object first.")
+    no_error_state(page)
+
+
 def test_cancel_tracking_says_so_and_keeps_the_frame(
     page: Page, preview_app: PreviewApp, clip: SceneClip, monkeypatch: pytest.MonkeyPatch
 ) -> None:
