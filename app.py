@@ -761,6 +761,8 @@ def api_ask(ws, question, max_new_tokens=256, seed=1234):
 
 
 CSS = """
+.click-marker {position:absolute; width:12px; height:12px; margin:-6px 0 0 -6px; border-radius:50%;
+  border:2px solid #fff; box-shadow:0 0 0 1px rgba(0,0,0,.6); pointer-events:none; z-index:10;}
 .chips {display:flex; flex-wrap:wrap; gap:6px; margin:4px 0;}
 .chip {border:2px solid; border-radius:14px; padding:1px 9px; font-weight:700; font-family:monospace;}
 .swatch {display:inline-block; width:10px; height:10px; border-radius:50%; margin-right:5px;}
@@ -1026,12 +1028,13 @@ EXAMPLE_BY_NAME = {e.name: e for e in EXAMPLE_LIST}
 def launch_options(settings: AppSettings) -> dict:
     """What `demo.launch` needs besides the host and port (the tests launch with the same): the route guard
     (only the named API by name, the model queue bound on model events), Gradio's dashboard only when the
-    operator enables it."""
+    operator enables it, and the script that draws a click on the canvas at once."""
     return {
         "allowed_paths": [str(EXAMPLES), str(ASSETS)],
         "max_file_size": f"{int(settings.media.max_upload_mb)}mb",
         "state_session_capacity": settings.max_sessions,
         "css": CSS,
+        "head": f"<script>{(ASSETS / 'click_marker.js').read_text(encoding='utf-8')}</script>",
         "footer_links": ["api"],
         "enable_monitoring": settings.monitoring,
         "app_kwargs": {"middleware": [Middleware(RouteGuard, model_queue=settings.queue_size)]},

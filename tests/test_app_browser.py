@@ -549,6 +549,27 @@ def test_clip_example_opens_the_clip_view(page: Page, preview_app: PreviewApp) -
     assert len(object_tags(page)) == len(clip_example.objects)
 
 
+def test_the_click_point_shows_before_the_mask(page: Page, scene: SceneImage) -> None:
+    """The click is drawn in the page the moment the pointer goes down (assets/click_marker.js), so it is
+    on screen before the segmenter's picture comes back; that picture then replaces it."""
+    upload(page, scene.path)
+    page.evaluate(
+        """() => {
+        window.seen = [];
+        const canvas = document.querySelector('#canvas');
+        new MutationObserver(records => { for (const r of records) {
+            for (const n of r.addedNodes) if (n.classList && n.classList.contains('click-marker')) seen.push('marker');
+            if (r.type === 'attributes' || [...r.addedNodes].some(n => n.tagName === 'IMG')) seen.push('picture');
+        } }).observe(canvas, {subtree: true, childList: true, attributes: true, attributeFilter: ['src']});
+        }"""
+    )
+    mark(page, *scene.disc_centre, expect="Mask by GrabCut")
+    seen = page.evaluate("window.seen")
+    assert "marker" in seen and "picture" in seen[seen.index("marker") :], seen
+    expect(page.locator("#canvas .click-marker")).to_have_count(0)
+    no_error_state(page)
+
+
 def test_brush_starts_clean_after_keep(page: Page, scene: SceneImage) -> None:
     upload(page, scene.path)
     choose_tool(page, "Brush")
