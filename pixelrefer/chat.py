@@ -205,6 +205,7 @@ class ChatSession:
                 raise ValueError(f"Frame {index} is not one of the clip's sampled frames ({listed})")
             binary = frame_mask(mask, self.frames[int(index)].shape[:2], "The mask")
             if binary.any():
+                self.model.check_object_mask(binary, "This object")
                 checked[int(index)] = binary
         if not checked:
             raise ValueError("The object's mask is empty: mark at least one pixel")

@@ -311,13 +311,16 @@ class PixelRefer:
             shared_by=shared_by,
         )
 
+    def check_object_mask(self, mask: np.ndarray, what: str = "The object") -> None:
+        """Refuse a non-empty bool mask whose crop would exceed `max_object_pixels`, from its box and area
+        alone (a few far-apart specks would otherwise need gigabytes); a chat checks each mask it is given."""
+        check_crop(crop_plan(mask, self.variant, self.config.mask_num), self.max_object_pixels, what)
+
     def _check_object_plans(self, objects: list[list[tuple[int, np.ndarray]]]) -> None:
-        """Refuse any mask whose crop would exceed `max_object_pixels`, from its box and area alone, before
-        the media or any object is preprocessed (a few far-apart specks would otherwise need gigabytes)."""
+        """Every mask checked before the media or any object is preprocessed."""
         for number, masks in enumerate(objects, start=1):
             for _, mask in masks:
-                plan = crop_plan(mask, self.variant, self.config.mask_num)
-                check_crop(plan, self.max_object_pixels, f"Object {number}")
+                self.check_object_mask(mask, f"Object {number}")
 
     def _plan_objects(
         self, media: _Media, objects: list[list[tuple[int, np.ndarray]]], seed: int

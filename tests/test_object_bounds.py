@@ -155,3 +155,17 @@ def test_strokes_used_as_the_mask_lose_their_stray_specks_so_the_object_can_be_a
         assert only_specks.sum() == 9  # one speck stays (the largest island always does), not two far apart
     finally:
         visitor.close()
+
+
+def test_a_chat_refuses_a_spread_out_mask_when_it_is_added(service: Service) -> None:
+    """The named API's /add_object goes through ChatSession.add_object: the visitor is told at once, not
+    at the first question, and the chat keeps no half-added object."""
+    from pixelrefer.chat import ChatSession
+
+    session = ChatSession(service.model, image=np.zeros((*PHOTO, 3), np.uint8))
+    with pytest.raises(LimitExceeded, match=r"^This object is too spread out to encode"):
+        session.add_object(specks(PHOTO))
+    assert session.objects == []
+    square = np.zeros(PHOTO, bool)
+    square[10:50, 10:50] = True
+    assert session.add_object(square).tag == "<object1>"
