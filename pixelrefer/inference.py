@@ -11,6 +11,7 @@ context was infused. Frames that carry masks ("annotated" frames) need not be am
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -232,8 +233,25 @@ class PixelRefer:
         return self.model.model.embed_tokens.weight.device
 
     def encode_text(self, text: str) -> list[int]:
-        """Plain-text ids: special-token strings typed in `text` stay text."""
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        """Plain-text ids: no added token can come from what a visitor types. `split_special_tokens` keeps
+        special ones (`<|im_end|>`, `<image>`) as text, but Qwen2.5's non-special added tokens
+        (`<tool_call>`, `<|fim_prefix|>`, ...) would still match; a text holding one is encoded by the BPE
+        model alone, which gives the same ids as the tokenizer for any text without them."""
+        if not any(token in text for token in self._matched_added_tokens):
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        backend = self.tokenizer.backend_tokenizer
+        normalized = backend.normalizer.normalize_str(text) if backend.normalizer else text
+        words = (
+            backend.pre_tokenizer.pre_tokenize_str(normalized)
+            if backend.pre_tokenizer
+            else [(normalized, None)]
+        )
+        return [token.id for word, _ in words for token in backend.model.tokenize(word)]
+
+    @functools.cached_property
+    def _matched_added_tokens(self) -> tuple[str, ...]:
+        """The added tokens the tokenizer matches inside text even with `split_special_tokens`."""
+        return tuple(t.content for t in self.tokenizer.added_tokens_decoder.values() if not t.special)
 
     # ------------------------------------------------------------------ inputs
 

