@@ -4,7 +4,8 @@
 and Debian's headless Chromium, driven by Playwright, uploads a photo and clicks objects on `#canvas`. A
 click is timed in the page, from the pointer going down to:
 
-- point shown: the first canvas picture after the click has loaded (the click drawn, or the mask with it);
+- point shown: the page's click marker drawn (assets/click_marker.js), or else the first canvas picture
+  after the click has loaded (the click drawn, or the mask with it);
 - mask shown: the marking message names the segmenter's answer and the picture that came with it has loaded.
 
 Before each timed click the marks are cleared, so every click is a fresh one-click object on a picture the
@@ -62,19 +63,23 @@ WAIT_MS = 120_000
 # Records, in page time, the pointer going down on the canvas, every picture the canvas loads and every
 # text of the marking message.
 WATCH = """() => {
-  const log = {down: null, loads: [], texts: []};
+  const log = {down: null, marker: null, loads: [], texts: []};
   window.__marking = log;
   const canvas = document.querySelector('#canvas');
   canvas.addEventListener('pointerdown', () => { log.down = performance.now(); }, true);
   canvas.addEventListener('load', e => {
     if (e.target.tagName === 'IMG') log.loads.push({t: performance.now(), src: e.target.currentSrc});
   }, true);
+  new MutationObserver(records => {
+    if (records.some(r => [...r.addedNodes].some(n => n.classList && n.classList.contains('click-marker'))))
+      log.marker = log.marker ?? performance.now();
+  }).observe(canvas, {subtree: true, childList: true});
   const info = document.querySelector('#mark-info');
   new MutationObserver(() => log.texts.push({t: performance.now(), text: info.innerText}))
     .observe(info, {subtree: true, childList: true, characterData: true});
 }"""
 
-RESET = "() => { const log = window.__marking; log.down = null; log.loads = []; log.texts = []; }"
+RESET = "() => { const log = window.__marking; log.down = null; log.marker = null; log.loads = []; log.texts = []; }"
 
 CANVAS_SRC = "() => { const img = document.querySelector('#canvas img'); return img ? img.currentSrc : ''; }"
 
@@ -207,11 +212,13 @@ def timed_click(page: Page, x: float, y: float) -> tuple[float, float]:
     )
     log = page.evaluate(
         """() => { const log = window.__marking, src = document.querySelector('#canvas img').currentSrc;
-        return {down: log.down, loads: log.loads, final: log.loads.filter(l => l.src === src).pop().t,
+        return {down: log.down, marker: log.marker, loads: log.loads,
+                final: log.loads.filter(l => l.src === src).pop().t,
                 text: log.texts.find(e => /Mask by|found no object/.test(e.text))}; }"""
     )
     down = log["down"]
-    first = min(entry["t"] for entry in log["loads"] if entry["src"] != before)
+    # The point is on screen with the page's click marker, else with the first new picture.
+    first = log["marker"] or min(entry["t"] for entry in log["loads"] if entry["src"] != before)
     mask = max(log["final"], log["text"]["t"] if log["text"] else log["final"])
     return (first - down) / 1000, (mask - down) / 1000
 
@@ -228,7 +235,12 @@ def bench(url: str, shots: list, clicks: int) -> list[tuple[str, float, float, l
             page.wait_for_selector("#canvas")
             page.evaluate(WATCH)
             page.locator(UPLOAD).first.set_input_files(str(path))
-            page.wait_for_function("() => !!document.querySelector('#canvas img')")
+            # The server's picture replaces the browser's preview when the upload's message arrives.
+            page.locator("#mark-info").filter(has_text="Click on an object").wait_for()
+            page.wait_for_function(
+                "() => { const img = document.querySelector('#canvas img');"
+                " return !!img && img.complete && img.naturalWidth > 0 && img.clientWidth > 0; }"
+            )
             page.locator("#canvas img").scroll_into_view_if_needed()
             first_point, first_mask = timed_click(page, *middles[0])
             points, masks = [], []
