@@ -794,11 +794,12 @@ def on_banner(banner: str):
 
 def canvas_panel(settings: AppSettings) -> SimpleNamespace:
     """The one picture: uploaded onto, clicked and boxed on, painted on in the same place; the tools under
-    it, and the clip timeline (frame, Track, Cancel, tracked preview) shown for clips only."""
+    it, and the clip timeline (frame, Track, Cancel, tracked preview) shown for clips only. The picture is
+    sent back after every click, as JPEG: a 1600x1200 one encodes in ~10 ms, against ~250 ms as WebP."""
     p = SimpleNamespace()
     p.canvas = gr.Image(
         label="Picture: drop an image here, then click on objects", type="numpy", image_mode="RGB",
-        sources=["upload", "clipboard"], interactive=True, height=440, elem_id="canvas",
+        sources=["upload", "clipboard"], interactive=True, height=440, elem_id="canvas", format="jpeg",
         placeholder="Drop an image here or click to upload. Or open a clip, or pick an example.",
     )  # fmt: skip
     p.painter = painter(

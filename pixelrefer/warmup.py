@@ -7,8 +7,8 @@ the KV cache of the conversation up to the question) into the chat session's own
 only prefills its own tokens.
 
 It never competes with a visitor: a `Gate` counts the model events in flight (answers, tracking, clicks)
-and the worker waits at every layer of the networks while any runs. A job whose session changed since it
-was planned (`ChatSession.version`) stops at the next layer and stores nothing. Both caches check content
+and the worker waits at its next torch operation while any runs. A job whose session changed since it
+was planned (`ChatSession.version`) stops at its next operation and stores nothing. Both caches check content
 (feature keys are digests, prefix rows are compared), so even a late result could never be wrong, only
 wasted. It is not a Gradio event, so it does not count against the model queue.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .cache import FeatureCache, PrefixCache
 from .engines.transformers_engine import TransformersEngine
@@ -51,7 +50,7 @@ class Gate:
     """The model events in flight; background work runs only while there are none.
 
     Model events enter with `event()` (or `hold()` for a streamed answer). The worker waits for the gate
-    to be idle at every layer (`wait_idle`), and stores its results in `exclusive()`, which an event
+    to be idle before every torch operation (`wait_idle`), and stores its results in `exclusive()`, which an event
     entering meanwhile waits for (a few dictionary and tensor-reference updates).
     """
 
@@ -163,27 +162,18 @@ def prefill(model: PixelRefer, embedded: Embedded, prefix: PrefixCache) -> int |
     return None
 
 
-_running = threading.local()
-_hooked: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+class _PausePoints(TorchFunctionMode):
+    """Every torch call of the warm-up's thread first passes `job.checkpoint()`: the worker stops within one
+    operation (a matmul, not a layer) when a model event enters. A torch-function mode is thread-local, so
+    the visitors' own calls on other threads never see it."""
 
+    def __init__(self, job: _Job) -> None:
+        super().__init__()
+        self.job = job
 
-def _pause_point(module: nn.Module, args: object) -> None:
-    job = getattr(_running, "job", None)
-    if job is not None:
-        job.checkpoint()
-
-
-def install_pause_points(model: PixelRefer) -> None:
-    """A forward pre-hook on every layer of the networks (each ModuleList's items), where a warm-up running
-    on this thread waits while a model event runs; on any other thread the hook returns at once."""
-    network = model.model
-    if network in _hooked:
-        return
-    for module in network.modules():
-        if isinstance(module, nn.ModuleList):
-            for layer in module:
-                layer.register_forward_pre_hook(_pause_point)
-    _hooked.add(network)
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.job.checkpoint()
+        return func(*args, **(kwargs or {}))
 
 
 class _Job:
@@ -210,20 +200,17 @@ class _Job:
 
     def run(self) -> WarmReport:
         began = time.perf_counter()
-        _running.job = self
         try:
-            report = self._run()
+            with _PausePoints(self):
+                report = self._run()
         except Cancelled:
             report = WarmReport(reason="cancelled: the objects or the conversation changed")
-        finally:
-            _running.job = None
         report.seconds = time.perf_counter() - began
         report.paused_s = self.paused_s
         return report
 
     def _run(self) -> WarmReport:
         session, plan, model = self.session, self.plan, self.session.model
-        install_pause_points(model)
         timings: dict[str, float] = {}
         self.checkpoint()
         mark = time.perf_counter()
