@@ -1,7 +1,7 @@
 """PixelRefer region chat: mark objects in an image or a clip, then talk about them.
 
-Wiring only: every event calls `pixelrefer.workspace.Workspace` (one per visitor) or
-`pixelrefer.service.Service` (shared) and shows what comes back.
+Wiring only: every event calls `pixelrefer.serve.workspace.Workspace` (one per visitor) or
+`pixelrefer.serve.service.Service` (shared) and shows what comes back.
 
     python app.py [--model SOURCE] [--quantization none|8bit|4bit] [--dtype ...] [--device ...]
                   [--sam2 tiny|small|base-plus|large|FOLDER] [--host H] [--port N]
@@ -30,19 +30,19 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from pixelrefer.cancellation import on_cancel as stop_on_cancel  # noqa: E402
-from pixelrefer.cancellation import stops_on_cancel  # noqa: E402
-from pixelrefer.examples import Example, load_examples, thumbnail  # noqa: E402
-from pixelrefer.generation import GenerationSettings  # noqa: E402
-from pixelrefer.images import ImageError, check_image_file, load_image  # noqa: E402
-from pixelrefer.limits import MediaRejected  # noqa: E402
-from pixelrefer.masks import EmptyMaskError, to_bool_mask  # noqa: E402
-from pixelrefer.redact import scrub  # noqa: E402
-from pixelrefer.segment import PromptError, TrackingCancelled  # noqa: E402
-from pixelrefer.servedfiles import cache_schedule, record_copy  # noqa: E402
-from pixelrefer.service import AppSettings, Service  # noqa: E402
-from pixelrefer.webguard import MODEL_QUEUE, RouteGuard  # noqa: E402
-from pixelrefer.workspace import Workspace  # noqa: E402
+from pixelrefer.media.images import ImageError, check_image_file, load_image  # noqa: E402
+from pixelrefer.media.limits import MediaRejected  # noqa: E402
+from pixelrefer.media.masks import EmptyMaskError, to_bool_mask  # noqa: E402
+from pixelrefer.model.generation import GenerationSettings  # noqa: E402
+from pixelrefer.segment.base import PromptError, TrackingCancelled  # noqa: E402
+from pixelrefer.serve.cancellation import on_cancel as stop_on_cancel  # noqa: E402
+from pixelrefer.serve.cancellation import stops_on_cancel  # noqa: E402
+from pixelrefer.serve.examples import Example, load_examples, thumbnail  # noqa: E402
+from pixelrefer.serve.redact import scrub  # noqa: E402
+from pixelrefer.serve.servedfiles import cache_schedule, record_copy  # noqa: E402
+from pixelrefer.serve.service import AppSettings, Service  # noqa: E402
+from pixelrefer.serve.webguard import MODEL_QUEUE, RouteGuard  # noqa: E402
+from pixelrefer.serve.workspace import Workspace  # noqa: E402
 
 _log = logging.getLogger("pixelrefer.app")
 HERE = Path(__file__).resolve().parent
@@ -932,7 +932,7 @@ def build(service: Service) -> gr.Blocks:
             api_image = gr.File(type="filepath")
             api_mask = gr.File(type="filepath")
             api_video = gr.File(type="filepath")
-            # Ranges are checked before any handler runs (`pixelrefer.webguard.check_inputs`).
+            # Ranges are checked before any handler runs (`pixelrefer.serve.webguard.check_inputs`).
             api_frame = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_FRAME_INDEX)
             api_question = gr.Textbox()
             api_tokens = gr.Number(value=256, precision=0, minimum=1, maximum=settings.max_new_tokens)

@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pixelrefer import ChatSession, GenerationSettings, PixelRefer  # noqa: E402
-from pixelrefer.synthetic import BENCH, RELEASE_2B, RELEASE_7B, TINY, build_checkpoint  # noqa: E402
-from pixelrefer.video import Clip  # noqa: E402
+from pixelrefer.media.video import Clip  # noqa: E402
+from pixelrefer.model.synthetic import BENCH, RELEASE_2B, RELEASE_7B, TINY, build_checkpoint  # noqa: E402
 
 SHAPES = {"tiny": TINY, "bench": BENCH, "release-2b": RELEASE_2B, "release-7b": RELEASE_7B}
 

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pixelrefer import GenerationSettings, PixelRefer  # noqa: E402
-from pixelrefer.devices import cpu_bf16_features  # noqa: E402
-from pixelrefer.synthetic import BENCH, build_checkpoint  # noqa: E402
+from pixelrefer.model.synthetic import BENCH, build_checkpoint  # noqa: E402
+from pixelrefer.runtime.devices import cpu_bf16_features  # noqa: E402
 
 
 def scene() -> tuple[np.ndarray, list[np.ndarray]]:
@@ -55,7 +55,7 @@ def run(model: PixelRefer, tokens: int) -> tuple[float, float, list[int]]:
 def attention_calls(frames: int, layers: int) -> tuple[int, int]:
     from transformers import VideoLlama3VisionConfig, VideoLlama3VisionModel
 
-    from pixelrefer.vision import ProcessedImages, VisionTower
+    from pixelrefer.model.vision import ProcessedImages, VisionTower
 
     config = VideoLlama3VisionConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=layers,
                                      num_attention_heads=16, patch_size=14)  # fmt: skip

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pixelrefer import ChatSession, GenerationSettings, PixelRefer  # noqa: E402
 from pixelrefer.batch import run_batch  # noqa: E402
 from pixelrefer.engines import build_engine  # noqa: E402
-from pixelrefer.masks import save_mask_png  # noqa: E402
-from pixelrefer.synthetic import ModelShape, build_checkpoint  # noqa: E402
+from pixelrefer.media.masks import save_mask_png  # noqa: E402
+from pixelrefer.model.synthetic import ModelShape, build_checkpoint  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from scenes import disc_mask, textured  # noqa: E402

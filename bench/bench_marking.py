@@ -44,7 +44,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pixelrefer.examples import load_examples  # noqa: E402
+from pixelrefer.serve.examples import load_examples  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("PIXELREFER_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -95,7 +95,7 @@ def build_sam(folder: Path) -> Path:
     import torch
     from transformers import Sam2VideoModel
 
-    from pixelrefer.sam import sam21_config
+    from pixelrefer.segment.sam import sam21_config
 
     torch.manual_seed(0)
     Sam2VideoModel(sam21_config("tiny")).save_pretrained(folder)

@@ -28,9 +28,9 @@ from transformers import Sam2VideoModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pixelrefer.grabcut import GrabCutSegmenter  # noqa: E402
-from pixelrefer.sam import SAM_SIZES, Sam2Segmenter, sam21_config, sam_placement  # noqa: E402
-from pixelrefer.segment import Prompt, Segmenter  # noqa: E402
+from pixelrefer.segment.base import Prompt, Segmenter  # noqa: E402
+from pixelrefer.segment.grabcut import GrabCutSegmenter  # noqa: E402
+from pixelrefer.segment.sam import SAM_SIZES, Sam2Segmenter, sam21_config, sam_placement  # noqa: E402
 
 
 def clip(count: int, width: int, height: int) -> list[np.ndarray]:

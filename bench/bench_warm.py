@@ -1,7 +1,7 @@
 """Precompute while marking: the first question's time to first token, warm vs cold, and what a pending
 warm-up costs another visitor's answer. Nothing is asserted.
 
-Warm: the objects are marked, the background worker (`pixelrefer.warmup.Warmer`, the app's) finishes
+Warm: the objects are marked, the background worker (`pixelrefer.chat.warmup.Warmer`, the app's) finishes
 the session's warm-up, then the first question is asked. Cold: the same question right after marking,
 with no warm-up. Both on the same medium random-weight checkpoint as bench_chat (both variants, an image
 with 3 objects and a clip with 2), greedy; the ids of warm and cold answers are compared too.
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_chat import SHAPES, image_session, session_question, video_session  # noqa: E402
 
 from pixelrefer import ChatSession, GenerationSettings, PixelRefer  # noqa: E402
-from pixelrefer.synthetic import build_checkpoint  # noqa: E402
-from pixelrefer.warmup import Gate, Warmer  # noqa: E402
+from pixelrefer.chat.warmup import Gate, Warmer  # noqa: E402
+from pixelrefer.model.synthetic import build_checkpoint  # noqa: E402
 
 SCENARIOS = [("image, 3 objects", "image"), ("clip, 2 objects", "video")]
 FOLLOW_UP = "Where is it in the picture, and what color is it?"

@@ -349,8 +349,8 @@ class InProcessApp:
         sys.path.insert(0, str(REPO))
         began = time.perf_counter()
         import app
-        from pixelrefer.chat import ChatSession
-        from pixelrefer.workspace import Workspace
+        from pixelrefer.chat.session import ChatSession
+        from pixelrefer.serve.workspace import Workspace
 
         self._kinds = {"workspaces": Workspace, "chat sessions": ChatSession}
         service = app.SERVICE

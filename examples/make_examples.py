@@ -35,9 +35,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from pixelrefer.masks import clean_mask, save_mask_png  # noqa: E402
-from pixelrefer.sampling import sample_frames  # noqa: E402
-from pixelrefer.video import overlay_image, probe_video, read_frames  # noqa: E402
+from pixelrefer.media.masks import clean_mask, save_mask_png  # noqa: E402
+from pixelrefer.media.sampling import sample_frames  # noqa: E402
+from pixelrefer.media.video import overlay_image, probe_video, read_frames  # noqa: E402
 
 Point = tuple[float, float]
 Stroke = tuple[Point, ...]

@@ -31,12 +31,12 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 
-from .chat import ChatSession
-from .generation import GenerationSettings
-from .images import load_image
-from .inference import PixelRefer
-from .limits import ChatLimits, MediaLimits
-from .masks import load_mask_png, mask_from_rle, to_bool_mask
+from .chat.session import ChatSession
+from .media.images import load_image
+from .media.limits import ChatLimits, MediaLimits
+from .media.masks import load_mask_png, mask_from_rle, to_bool_mask
+from .model.generation import GenerationSettings
+from .model.inference import PixelRefer
 
 __all__ = ["BatchItem", "BatchSummary", "ItemError", "fit_mask", "load_item", "read_items", "run_batch"]
 
@@ -168,7 +168,7 @@ def _questions(raw: dict[str, Any], n_objects: int) -> list[str | int]:
 
 def load_item(item: BatchItem, base: Path, limits: MediaLimits | None = None) -> LoadedItem:
     """Read an item's media and masks, checked; raises ItemError (or the library's media errors)."""
-    from .video import load_clip, load_frame_folder, probe_video, read_frames
+    from .media.video import load_clip, load_frame_folder, probe_video, read_frames
 
     if item.problem:
         raise ItemError(item.problem)
@@ -290,7 +290,7 @@ class Progress:
 
 
 def _error_text(exc: BaseException) -> str:
-    from .redact import scrub
+    from .serve.redact import scrub
 
     return scrub(" ".join(str(exc).split()) or type(exc).__name__)
 

@@ -160,9 +160,9 @@ def _fit(mask, shape: tuple[int, int], path: str, *, resize: bool):
 
 def _read_inputs(args: argparse.Namespace):
     """Media, masks by object and the session's frames, all read before any model is loaded."""
-    from .images import ImageError, load_image
-    from .limits import MediaRejected
-    from .masks import to_bool_mask
+    from .media.images import ImageError, load_image
+    from .media.limits import MediaRejected
+    from .media.masks import to_bool_mask
 
     def mask_at(path: str) -> object:
         try:
@@ -175,7 +175,7 @@ def _read_inputs(args: argparse.Namespace):
             image = load_image(_existing(args.image, "image"))
             objects = [{0: _fit(mask_at(path), image.shape[:2], path, resize=False)} for path in args.mask]
             return {"image": image}, objects
-        from .video import load_clip, load_frame_folder, read_frames
+        from .media.video import load_clip, load_frame_folder, read_frames
 
         source = _existing(args.video, "video")
         clip = load_frame_folder(source) if source.is_dir() else load_clip(source)
@@ -204,7 +204,7 @@ def _read_inputs(args: argparse.Namespace):
                 raise CliError(f"the folder has {len(names)} frames; a mask is on frame {max(missing)}")
             extra = {f: load_image(source / names[f]) for f in missing}
         else:
-            from .video import probe_video
+            from .media.video import probe_video
 
             count = probe_video(source).n_frames
             if max(missing) >= count:
@@ -217,8 +217,8 @@ def _read_inputs(args: argparse.Namespace):
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from .chat import parse_question
-    from .limits import ChatLimits
+    from .chat.session import parse_question
+    from .media.limits import ChatLimits
 
     if args.max_new_tokens < 1:
         raise CliError("--max-new-tokens must be at least 1")
@@ -234,9 +234,9 @@ def _chat(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from exc
 
-    from .chat import ChatSession
-    from .generation import GenerationSettings
-    from .inference import PixelRefer
+    from .chat.session import ChatSession
+    from .model.generation import GenerationSettings
+    from .model.inference import PixelRefer
 
     out = sys.stdout
     start = time.perf_counter()
@@ -276,7 +276,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from .inference import PixelRefer
+    from .model.inference import PixelRefer
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return PixelRefer.from_pretrained(
@@ -287,7 +287,7 @@ def _load(args: argparse.Namespace):
 def _batch(args: argparse.Namespace) -> int:
     from .batch import run_batch
     from .engines import build_engine
-    from .generation import GenerationSettings
+    from .model.generation import GenerationSettings
 
     items = _existing(args.items, "items file")
     match = re.fullmatch(r"(\d+)/(\d+)", args.shard)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .batch import LoadedItem, iter_loaded, last_rows
-from .video import overlay_image
+from .media.video import overlay_image
 
 __all__ = ["thumbnails", "write_report"]
 

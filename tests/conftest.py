@@ -26,7 +26,7 @@ def fixtures_root() -> Path:
 @pytest.fixture(scope="session")
 def tiny_sam2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny random SAM 2.1 checkpoint (official layout), built once per test run."""
-    from pixelrefer.sam import build_tiny_sam2
+    from pixelrefer.segment.sam import build_tiny_sam2
 
     return build_tiny_sam2(tmp_path_factory.mktemp("sam2-tiny"))
 
@@ -34,7 +34,7 @@ def tiny_sam2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sam2(tiny_sam2_dir: Path):
     """The SAM 2.1 segmenter on the tiny checkpoint, on the CPU in float32."""
-    from pixelrefer.sam import Sam2Segmenter, sam_placement
+    from pixelrefer.segment.sam import Sam2Segmenter, sam_placement
 
     # Random weights produce denormal floats that slow CPU kernels down by orders of magnitude.
     torch.set_flush_denormal(True)

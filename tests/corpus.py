@@ -27,9 +27,9 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
-from pixelrefer.images import ImageError
-from pixelrefer.limits import LimitExceeded, MediaLimits, MediaRejected
-from pixelrefer.service import APP_MEDIA_LIMITS
+from pixelrefer.media.images import ImageError
+from pixelrefer.media.limits import LimitExceeded, MediaLimits, MediaRejected
+from pixelrefer.serve.service import APP_MEDIA_LIMITS
 
 APP_LIMITS: MediaLimits = APP_MEDIA_LIMITS
 """The limits every expected message below is written for."""

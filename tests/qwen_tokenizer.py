@@ -16,7 +16,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from pixelrefer.synthetic import RELEASE_VOCAB
+from pixelrefer.model.synthetic import RELEASE_VOCAB
 
 QWEN_BPE_TOKENS = 151643
 """Qwen2 / Qwen2.5's byte-level BPE tokens; their added tokens start at this id."""

@@ -18,7 +18,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from pixelrefer.video import load_clip
+from pixelrefer.media.video import load_clip
 
 from .app_media import SceneClip, SceneImage, write_mask_png, write_scene_clip, write_scene_image
 from .conftest import PreviewApp

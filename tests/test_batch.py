@@ -12,9 +12,9 @@ from PIL import Image
 from pixelrefer import ChatSession, GenerationSettings, PixelRefer
 from pixelrefer.batch import load_item, read_items, run_batch
 from pixelrefer.cli import main as cli_main
-from pixelrefer.masks import mask_to_rle, save_mask_png
+from pixelrefer.media.masks import mask_to_rle, save_mask_png
+from pixelrefer.media.video import load_frame_folder
 from pixelrefer.report import write_report
-from pixelrefer.video import load_frame_folder
 
 from .conftest import REPO, fixtures_root
 from .scenes import disc_mask, textured

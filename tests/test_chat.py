@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pixelrefer import ChatLimits, ChatSession, GenerationSettings, PixelRefer, load_image
-from pixelrefer.video import load_frame_folder
+from pixelrefer.media.video import load_frame_folder
 
 from .conftest import fixtures_root
 
@@ -163,7 +163,7 @@ def test_user_text_is_inert(model: PixelRefer) -> None:
 
 
 def session_exchange(session: ChatSession, question: str):
-    from pixelrefer.chat import Exchange, parse_question
+    from pixelrefer.chat.session import Exchange, parse_question
 
     pieces = parse_question(question, [o.id for o in session.objects])
     return Exchange("ask", question, pieces, [], "", "", GenerationSettings(max_new_tokens=4))
@@ -241,7 +241,7 @@ def test_validation_before_compute(model: PixelRefer) -> None:
 
 
 def test_labels_are_mapped_back_in_streamed_text() -> None:
-    from pixelrefer.chat import _LabelMapper
+    from pixelrefer.chat.session import _LabelMapper
 
     mapper = _LabelMapper({"<region0>": "<object3>", "<region1>": "<object7>"})
     pieces = ["The <reg", "ion0", "> is left of <region1", ">", " and <regi"]
@@ -292,7 +292,7 @@ def test_history_uses_real_roles_and_generated_ids(model: PixelRefer) -> None:
 
 def test_frame_choice_rules(model: PixelRefer) -> None:
     frames = [np.full((64, 64, 3), i * 20, np.uint8) for i in range(6)]
-    from pixelrefer.video import Clip
+    from pixelrefer.media.video import Clip
 
     clip = Clip(tuple(frames), (0, 3, 6, 9, 12, 15), (0.0, 1.0, 2.0, 3.0, 4.0, 5.0), 3.0, "file")
     session = ChatSession(model, clip=clip, limits=ChatLimits(masks_per_object=3))
@@ -333,7 +333,7 @@ def test_close_frees_caches(model: PixelRefer) -> None:
 
 
 def test_feature_cache_is_bounded() -> None:
-    from pixelrefer.cache import FeatureCache
+    from pixelrefer.model.cache import FeatureCache
 
     cache = FeatureCache(max_bytes=3 * 400)
     for index in range(5):

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pixelrefer.chat import ChatSession, Exchange
-from pixelrefer.generation import GenerationSettings
-from pixelrefer.images import load_image
-from pixelrefer.limits import LimitExceeded
-from pixelrefer.service import AppSettings, Service
-from pixelrefer.video import Clip, load_clip
-from pixelrefer.workspace import Workspace
+from pixelrefer.chat.session import ChatSession, Exchange
+from pixelrefer.media.images import load_image
+from pixelrefer.media.limits import LimitExceeded
+from pixelrefer.media.video import Clip, load_clip
+from pixelrefer.model.generation import GenerationSettings
+from pixelrefer.serve.service import AppSettings, Service
+from pixelrefer.serve.workspace import Workspace
 
 from .corpus import (
     APP_LIMITS,

@@ -18,8 +18,8 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, ValidationError
 
-from pixelrefer.images import load_image
-from pixelrefer.video import load_clip
+from pixelrefer.media.images import load_image
+from pixelrefer.media.video import load_clip
 
 from .corpus import (
     APP_LIMITS,

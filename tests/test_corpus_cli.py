@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from pixelrefer.cli import main
-from pixelrefer.images import load_image
-from pixelrefer.synthetic import build_checkpoint
-from pixelrefer.video import load_clip
+from pixelrefer.media.images import load_image
+from pixelrefer.media.video import load_clip
+from pixelrefer.model.synthetic import build_checkpoint
 
 from .conftest import REPO
 from .corpus import (

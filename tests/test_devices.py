@@ -9,7 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pixelrefer.devices import GIB, GpuInfo, PlacementError, plan_loading, plan_placement, resolve_dtype
+from pixelrefer.runtime.devices import (
+    GIB,
+    GpuInfo,
+    PlacementError,
+    plan_loading,
+    plan_placement,
+    resolve_dtype,
+)
 
 HEADROOM = 0.15
 
@@ -212,7 +219,7 @@ def test_explicit_float32_stays_float32_on_a_cpu_with_native_bfloat16() -> None:
 
 
 def test_cpu_bfloat16_detection_reads_torch_or_cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    from pixelrefer import devices
+    from pixelrefer.runtime import devices
 
     def detect() -> tuple[str, ...]:
         devices.cpu_bf16_features.cache_clear()

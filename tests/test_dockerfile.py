@@ -193,8 +193,8 @@ def test_every_copied_file_exists_and_is_in_the_build_context(
 def test_the_app_and_its_examples_reach_the_image(dockerignore: list[str]) -> None:
     assert (ROOT / "app.py").is_file(), "app.py is missing"
     assert not ignored("app.py", dockerignore)
-    for module in (ROOT / "pixelrefer").glob("*.py"):
-        assert not ignored(f"pixelrefer/{module.name}", dockerignore), module.name
+    for module in (ROOT / "pixelrefer").rglob("*.py"):
+        assert not ignored(module.relative_to(ROOT).as_posix(), dockerignore), module.name
     manifest = json.loads((ROOT / "examples" / "examples.json").read_text())
     files = ["examples/examples.json"]
     for entry in manifest:

@@ -10,13 +10,13 @@ from safetensors.torch import load_file
 from transformers import GenerationConfig
 
 from pixelrefer import GenerationSettings, PixelRefer
-from pixelrefer.cache import PrefixCache
 from pixelrefer.engines import DecodeRequest, EngineUnavailable, build_engine
 from pixelrefer.engines.export import NOT_LLM, export_llm
 from pixelrefer.engines.vllm_engine import VllmEngine
 from pixelrefer.engines.vllm_server import find_vllm_python
-from pixelrefer.service import AppSettings, Service
-from pixelrefer.synthetic import TINY, build_checkpoint
+from pixelrefer.model.cache import PrefixCache
+from pixelrefer.model.synthetic import TINY, build_checkpoint
+from pixelrefer.serve.service import AppSettings, Service
 
 from .conftest import fixtures_root
 

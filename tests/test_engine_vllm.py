@@ -20,8 +20,8 @@ from pixelrefer import ChatSession, GenerationSettings, PixelRefer
 from pixelrefer.engines import DecodeEngine, build_engine
 from pixelrefer.engines.vllm_engine import VllmEngine
 from pixelrefer.engines.vllm_server import find_vllm_python
-from pixelrefer.synthetic import ModelShape, build_checkpoint
-from pixelrefer.video import Clip
+from pixelrefer.media.video import Clip
+from pixelrefer.model.synthetic import ModelShape, build_checkpoint
 
 from .scenes import disc_mask, textured
 
@@ -193,7 +193,7 @@ def test_a_server_for_another_llm_is_refused(models: dict, engines: dict) -> Non
 
 
 def test_the_app_service_serves_through_the_engine(models: dict, engines: dict, tmp_path) -> None:
-    from pixelrefer.service import AppSettings, Service
+    from pixelrefer.serve.service import AppSettings, Service
 
     settings = AppSettings(
         model=str(models["full"].folder),

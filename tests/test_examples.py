@@ -17,9 +17,9 @@ import pytest
 from moviepy.config import FFMPEG_BINARY
 from PIL import Image
 
-from pixelrefer.examples import DEFAULT_EXAMPLES_DIR, Example, ExampleError, load_examples
-from pixelrefer.sampling import sample_frames
-from pixelrefer.video import probe_video, read_frames
+from pixelrefer.media.sampling import sample_frames
+from pixelrefer.media.video import probe_video, read_frames
+from pixelrefer.serve.examples import DEFAULT_EXAMPLES_DIR, Example, ExampleError, load_examples
 
 EXAMPLES = DEFAULT_EXAMPLES_DIR
 TAG = re.compile(r"<object(\d+)>")

@@ -23,13 +23,13 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from pixelrefer import cli
-from pixelrefer import limits as limits_module
-from pixelrefer.chat import ChatSession, Exchange
-from pixelrefer.generation import GenerationSettings
-from pixelrefer.limits import ChatLimits
-from pixelrefer.service import AppSettings, Service
-from pixelrefer.synthetic import build_checkpoint
-from pixelrefer.workspace import Workspace
+from pixelrefer.chat.session import ChatSession, Exchange
+from pixelrefer.media import limits as limits_module
+from pixelrefer.media.limits import ChatLimits
+from pixelrefer.model.generation import GenerationSettings
+from pixelrefer.model.synthetic import build_checkpoint
+from pixelrefer.serve.service import AppSettings, Service
+from pixelrefer.serve.workspace import Workspace
 
 from .corpus import BASE_SIZE, Corpus, middle_mask
 

@@ -26,8 +26,8 @@ from transformers.generation import (
 )
 
 from pixelrefer import GenerationSettings, GenerationTimeout, ObjectRef, PixelRefer, PrefixCache, Turn
-from pixelrefer.generation import TextStream, build_logits_processors, decode, eos_token_ids
-from pixelrefer.synthetic import build_checkpoint
+from pixelrefer.model.generation import TextStream, build_logits_processors, decode, eos_token_ids
+from pixelrefer.model.synthetic import build_checkpoint
 
 QWEN_STYLE = {"repetition_penalty": 1.1, "top_k": 20, "temperature": 0.7, "top_p": 0.8, "do_sample": True}
 

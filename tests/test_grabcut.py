@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pixelrefer import grabcut as grabcut_module
-from pixelrefer.grabcut import GrabCutSegmenter
-from pixelrefer.segment import Prompt, TrackingCancelled
+from pixelrefer.segment import grabcut as grabcut_module
+from pixelrefer.segment.base import Prompt, TrackingCancelled
+from pixelrefer.segment.grabcut import GrabCutSegmenter
 
 from .scenes import disc_mask, disc_scene, flat_disc_frames, iou, moving_scene, paint, polygon_scene, textured
 

@@ -1,4 +1,4 @@
-"""Limits as configuration: one place (`pixelrefer.limits`, `AppSettings`), the README's table in step with
+"""Limits as configuration: one place (`pixelrefer.media.limits`, `AppSettings`), the README's table in step with
 the defaults, a flag and an environment variable for each, and one precise message per limit."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelrefer.chat import ChatSession, Exchange
-from pixelrefer.generation import GenerationSettings
-from pixelrefer.images import ImageError, load_image
-from pixelrefer.limits import ChatLimits, LimitExceeded, MediaLimits, MediaRejected
-from pixelrefer.service import AppSettings, Service
+from pixelrefer.chat.session import ChatSession, Exchange
+from pixelrefer.media.images import ImageError, load_image
+from pixelrefer.media.limits import ChatLimits, LimitExceeded, MediaLimits, MediaRejected
+from pixelrefer.model.generation import GenerationSettings
+from pixelrefer.serve.service import AppSettings, Service
 
 from .conftest import REPO
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pixelrefer import workspace as workspace_module
+from pixelrefer.serve import workspace as workspace_module
 
 from .conftest import REPO
 

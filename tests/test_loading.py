@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pixelrefer import GenerationSettings, PixelRefer, WeightsUnavailable, load_image
-from pixelrefer.devices import PlacementError
-from pixelrefer.loading import read_config
-from pixelrefer.model import PixelReferForCausalLM
-from pixelrefer.synthetic import VISION_FOLDER, build_checkpoint
+from pixelrefer.model.loading import read_config
+from pixelrefer.model.modeling import PixelReferForCausalLM
+from pixelrefer.model.synthetic import VISION_FOLDER, build_checkpoint
+from pixelrefer.runtime.devices import PlacementError
 
 from .conftest import fixtures_root
 
@@ -426,7 +426,7 @@ def test_cpu_dtypes_load_in_that_dtype_and_generate(name: str, dtype: torch.dtyp
 def test_auto_dtype_on_the_cpu_follows_its_native_bfloat16(
     monkeypatch: pytest.MonkeyPatch, features: tuple[str, ...], dtype: torch.dtype
 ) -> None:
-    monkeypatch.setattr("pixelrefer.devices.cpu_bf16_features", lambda: features)
+    monkeypatch.setattr("pixelrefer.runtime.devices.cpu_bf16_features", lambda: features)
     model = PixelRefer.from_pretrained(str(checkpoint("pixelrefer-lite-tiny")), device="cpu", dtype="auto")
     assert model.dtype == dtype
     assert {p.dtype for p in model.model.parameters()} == {dtype}

@@ -9,9 +9,9 @@ import torch
 from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
 
 from pixelrefer import ChatSession, GenerationSettings, PixelRefer
-from pixelrefer.grabcut import GrabCutSegmenter
-from pixelrefer.segment import Prompt
-from pixelrefer.video import Clip, load_clip
+from pixelrefer.media.video import Clip, load_clip
+from pixelrefer.segment.base import Prompt
+from pixelrefer.segment.grabcut import GrabCutSegmenter
 
 from .conftest import fixtures_root
 from .scenes import iou, moving_scene

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from pixelrefer.masks import (
+from pixelrefer.media.masks import (
     PALETTE,
     EmptyMaskError,
     clean_mask,

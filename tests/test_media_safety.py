@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelrefer.images import ImageError, check_image_file, load_image
-from pixelrefer.limits import MediaLimits, MediaRejected
-from pixelrefer.video import load_clip, probe_video, read_frames
+from pixelrefer.media.images import ImageError, check_image_file, load_image
+from pixelrefer.media.limits import MediaLimits, MediaRejected
+from pixelrefer.media.video import load_clip, probe_video, read_frames
 
 from .corpus import png_header
 

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pixelrefer import loading
-from pixelrefer.devices import PlacementError
-from pixelrefer.loading import check_cpu_memory, estimate_weight_bytes, load_checkpoint
-from pixelrefer.synthetic import RELEASES, config_for
+from pixelrefer.model import loading
+from pixelrefer.model.loading import check_cpu_memory, estimate_weight_bytes, load_checkpoint
+from pixelrefer.model.synthetic import RELEASES, config_for
+from pixelrefer.runtime.devices import PlacementError
 
 from .conftest import fixtures_root
 

@@ -14,9 +14,9 @@ import re
 import pytest
 import torch
 
-from pixelrefer.config import PixelReferConfig, PixelReferLiteConfig
-from pixelrefer.model import PixelReferForCausalLM
-from pixelrefer.synthetic import RELEASE_2B, RELEASE_7B, RELEASES, TINY, ModelShape, model_config
+from pixelrefer.model.config import PixelReferConfig, PixelReferLiteConfig
+from pixelrefer.model.modeling import PixelReferForCausalLM
+from pixelrefer.model.synthetic import RELEASE_2B, RELEASE_7B, RELEASES, TINY, ModelShape, model_config
 
 from .conftest import fixtures_root
 

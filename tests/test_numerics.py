@@ -15,8 +15,8 @@ import torch
 from transformers import VideoLlama3VisionConfig, VideoLlama3VisionModel
 
 from pixelrefer import GenerationSettings, PixelRefer
-from pixelrefer.service import AppSettings, Service
-from pixelrefer.vision import FrameBatchedAttention, ProcessedImages, VisionTower
+from pixelrefer.model.vision import FrameBatchedAttention, ProcessedImages, VisionTower
+from pixelrefer.serve.service import AppSettings, Service
 
 from .conftest import fixtures_root
 from .test_parity import CASES, build_call
@@ -182,7 +182,7 @@ def test_the_library_answers_up_to_the_official_2048_tokens_by_default() -> None
 def test_the_model_status_says_which_dtype_runs_and_why(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, features: tuple[str, ...], expected: str
 ) -> None:
-    monkeypatch.setattr("pixelrefer.devices.cpu_bf16_features", lambda: features)
+    monkeypatch.setattr("pixelrefer.runtime.devices.cpu_bf16_features", lambda: features)
     settings = replace(AppSettings(), model=str(fixtures_root() / "pixelrefer-tiny" / "checkpoint"),
                        device="cpu", dtype="auto", sam2="grabcut", preview_dir=tmp_path)  # fmt: skip
     service = Service(settings)

@@ -13,12 +13,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pixelrefer.config import PixelReferConfig
-from pixelrefer.generation import GenerationSettings
-from pixelrefer.limits import LimitExceeded
-from pixelrefer.objects import OBJECT_BUDGET, check_crop, crop_plan, plan_crop
-from pixelrefer.service import AppSettings, Service
-from pixelrefer.workspace import Workspace
+from pixelrefer.media.limits import LimitExceeded
+from pixelrefer.model.config import PixelReferConfig
+from pixelrefer.model.generation import GenerationSettings
+from pixelrefer.model.objects import OBJECT_BUDGET, check_crop, crop_plan, plan_crop
+from pixelrefer.serve.service import AppSettings, Service
+from pixelrefer.serve.workspace import Workspace
 
 from .conftest import REPO, fixtures_root
 
@@ -71,7 +71,7 @@ PROBE = r"""
 import json, resource, sys, time
 import numpy as np
 from pixelrefer import PixelRefer
-from pixelrefer.limits import LimitExceeded
+from pixelrefer.media.limits import LimitExceeded
 
 model = PixelRefer.from_pretrained(sys.argv[1], device="cpu", dtype="float32")
 image = np.random.default_rng(0).integers(0, 256, (3024, 4032, 3), dtype=np.uint8)
@@ -160,7 +160,7 @@ def test_strokes_used_as_the_mask_lose_their_stray_specks_so_the_object_can_be_a
 def test_a_chat_refuses_a_spread_out_mask_when_it_is_added(service: Service) -> None:
     """The named API's /add_object goes through ChatSession.add_object: the visitor is told at once, not
     at the first question, and the chat keeps no half-added object."""
-    from pixelrefer.chat import ChatSession
+    from pixelrefer.chat.session import ChatSession
 
     session = ChatSession(service.model, image=np.zeros((*PHOTO, 3), np.uint8))
     with pytest.raises(LimitExceeded, match=r"^This object is too spread out to encode"):

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from pixelrefer import PixelRefer, Video, load_image
-from pixelrefer.config import PixelReferConfig, PixelReferLiteConfig
-from pixelrefer.objects import (
+from pixelrefer.model.config import PixelReferConfig, PixelReferLiteConfig
+from pixelrefer.model.objects import (
     ObjectCrop,
     ObjectTokenizer,
     kmeans,
@@ -27,7 +27,7 @@ from pixelrefer.objects import (
     pool_mask_features,
     position_map,
 )
-from pixelrefer.synthetic import build_checkpoint
+from pixelrefer.model.synthetic import build_checkpoint
 
 from .conftest import fixtures_root
 

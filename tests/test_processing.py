@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pixelrefer.processing import (
+from pixelrefer.model.processing import (
     MEDIA,
     MediaSlot,
     ObjectRef,
@@ -26,7 +26,7 @@ from pixelrefer.processing import (
     parse_instruction,
     render_prompt,
 )
-from pixelrefer.vision import build_processor, preprocess_images, smart_resize
+from pixelrefer.model.vision import build_processor, preprocess_images, smart_resize
 
 from .conftest import fixtures_root
 
@@ -547,7 +547,7 @@ def _frame(height: int, width: int) -> np.ndarray:
 def test_resizing_is_widths_first_then_heights_whatever_the_pillow_version(
     target: tuple[int, int], source: tuple[int, int]
 ) -> None:
-    from pixelrefer.vision import bicubic_resize
+    from pixelrefer.model.vision import bicubic_resize
 
     frame = _frame(*source)
     ours = bicubic_resize(frame, *target)

@@ -2,7 +2,7 @@
 
 The released configs are not reachable here, so `release_config` writes one the way the official training
 scripts and the VideoLLaMA 3 configs do (every key the loader might trip over, at the real 2B / 7B sizes),
-independently of `pixelrefer.synthetic`; the loader's config path and a meta-device build are checked on
+independently of `pixelrefer.model.synthetic`; the loader's config path and a meta-device build are checked on
 it, offline, with the VL3-SigLIP-NaViT repo neither reachable nor cached.
 """
 
@@ -19,10 +19,9 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from pixelrefer import PixelRefer
-from pixelrefer.hub import WeightsUnavailable
-from pixelrefer.loading import estimate_weight_bytes, read_config
-from pixelrefer.model import PixelReferForCausalLM
-from pixelrefer.synthetic import (
+from pixelrefer.model.loading import estimate_weight_bytes, read_config
+from pixelrefer.model.modeling import PixelReferForCausalLM
+from pixelrefer.model.synthetic import (
     BENCH,
     RELEASE_2B,
     RELEASE_7B,
@@ -33,6 +32,7 @@ from pixelrefer.synthetic import (
     build_tokenizer,
     model_config,
 )
+from pixelrefer.runtime.hub import WeightsUnavailable
 
 VISION_REPO = "DAMO-NLP-SG/VL3-SigLIP-NaViT"
 LLM_SIZES = {

@@ -18,7 +18,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import ValidationError
 
-from pixelrefer.webguard import MODEL_QUEUE, RouteGuard
+from pixelrefer.serve.webguard import MODEL_QUEUE, RouteGuard
 
 from .app_media import write_mask_png, write_scene_image
 from .conftest import PreviewApp

@@ -1,4 +1,4 @@
-"""The file rule in `pixelrefer.sampling` against the real ffmpeg `fps=N:round=down` filter.
+"""The file rule in `pixelrefer.media.sampling` against the real ffmpeg `fps=N:round=down` filter.
 
 The official loader decodes clips with that filter; here generated clips whose frames carry their own
 index go through the same ffmpeg binary, and the source frames that come out must be exactly the ones the
@@ -14,7 +14,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from pixelrefer.sampling import sample_frames
+from pixelrefer.media.sampling import sample_frames
 
 from .framecode import frame_number
 

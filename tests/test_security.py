@@ -25,14 +25,14 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from pixelrefer.hub import WeightsUnavailable
-from pixelrefer.images import load_image
-from pixelrefer.inference import PixelRefer
-from pixelrefer.limits import MediaRejected
-from pixelrefer.redact import scrub
-from pixelrefer.service import AppSettings, Service
-from pixelrefer.video import load_clip
-from pixelrefer.workspace import Workspace
+from pixelrefer.media.images import load_image
+from pixelrefer.media.limits import MediaRejected
+from pixelrefer.media.video import load_clip
+from pixelrefer.model.inference import PixelRefer
+from pixelrefer.runtime.hub import WeightsUnavailable
+from pixelrefer.serve.redact import scrub
+from pixelrefer.serve.service import AppSettings, Service
+from pixelrefer.serve.workspace import Workspace
 
 from .conftest import REPO
 from .corpus import APP_LIMITS, IMAGE_CASES, VIDEO_CASES, Corpus
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .conftest import PreviewApp  # the fixture's type; only for annotations
 
 CODE = sorted(
-    [*REPO.joinpath("pixelrefer").glob("*.py"), REPO / "app.py", *REPO.joinpath("bench").glob("*.py")]
+    [*REPO.joinpath("pixelrefer").rglob("*.py"), REPO / "app.py", *REPO.joinpath("bench").glob("*.py")]
 )
 TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz012345"
 
@@ -112,7 +112,7 @@ def test_a_client_cannot_pass_a_server_path_as_a_file(preview_app: PreviewApp, w
         "../../../../etc/passwd",
         "app.py",
         "{repo}/app.py",
-        "{repo}/pixelrefer/service.py",
+        "{repo}/pixelrefer/serve/service.py",
         "{repo}/examples/../app.py",
         "{repo}/examples/%2e%2e/app.py",
         "{repo}/.git/config",
@@ -224,6 +224,7 @@ def test_weights_are_never_unpickled() -> None:
             if name.endswith("np.load") and true("allow_pickle"):
                 unsafe.append((path.name, name))
     assert {name for _, name, _ in loaders} == {
+        "torch.load",
         "PixelReferForCausalLM.from_pretrained",
         "Sam2Model.from_pretrained",
         "Sam2VideoModel.from_pretrained",

@@ -21,19 +21,19 @@ from transformers import (
     Sam2VideoVideoProcessor,
 )
 
-from pixelrefer.devices import PlacementError, visible_gpus
-from pixelrefer.grabcut import GrabCutSegmenter
-from pixelrefer.masks import EmptyMaskError
-from pixelrefer.sam import FrameStore, Sam2Segmenter, sam21_config, sam_placement, sam_processor
-from pixelrefer.segment import (
+from pixelrefer.media.masks import EmptyMaskError
+from pixelrefer.runtime.devices import PlacementError, visible_gpus
+from pixelrefer.segment.base import (
     Prompt,
     PromptError,
     TrackingCancelled,
-    load_segmenter,
     rank_candidates,
     scribble_mask,
     scribble_points,
 )
+from pixelrefer.segment.build import load_segmenter
+from pixelrefer.segment.grabcut import GrabCutSegmenter
+from pixelrefer.segment.sam import FrameStore, Sam2Segmenter, sam21_config, sam_placement, sam_processor
 
 from .scenes import disc_scene, moving_scene
 

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from pixelrefer import PixelRefer
-from pixelrefer.inference import Prepared, Video
-from pixelrefer.processing import MEDIA, ObjectRef
-from pixelrefer.synthetic import (
+from pixelrefer.model.inference import Prepared, Video
+from pixelrefer.model.processing import MEDIA, ObjectRef
+from pixelrefer.model.synthetic import (
     PIXELREFER_TOKENS,
     QWEN_NON_SPECIAL,
     QWEN_PATTERN,

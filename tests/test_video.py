@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelrefer.limits import MediaLimits, MediaRejected
-from pixelrefer.masks import object_color
-from pixelrefer.sampling import sample_frames
-from pixelrefer.video import (
+from pixelrefer.media.limits import MediaLimits, MediaRejected
+from pixelrefer.media.masks import object_color
+from pixelrefer.media.sampling import sample_frames
+from pixelrefer.media.video import (
     load_clip,
     load_frame_folder,
     overlay_image,

@@ -14,10 +14,10 @@ import pytest
 from torch import nn
 
 from pixelrefer import ChatLimits, ChatSession, GenerationSettings, PixelRefer, load_image
-from pixelrefer.service import AppSettings, Service
-from pixelrefer.video import load_frame_folder
-from pixelrefer.warmup import Gate, Warmer
-from pixelrefer.workspace import Workspace
+from pixelrefer.chat.warmup import Gate, Warmer
+from pixelrefer.media.video import load_frame_folder
+from pixelrefer.serve.service import AppSettings, Service
+from pixelrefer.serve.workspace import Workspace
 
 from .conftest import fixtures_root
 

@@ -14,7 +14,7 @@ import torch
 from .base import DecodeEngine, DecodeRequest, EngineUnavailable
 
 if TYPE_CHECKING:
-    from ..inference import PixelRefer
+    from ..model.inference import PixelRefer
 
 __all__ = ["ENGINES", "DecodeEngine", "DecodeRequest", "EngineUnavailable", "build_engine"]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cache import PrefixCache
-from ..generation import GenerationSettings, StepOutput
+from ..model.cache import PrefixCache
+from ..model.generation import GenerationSettings, StepOutput
 
 __all__ = ["DecodeEngine", "DecodeRequest", "EngineUnavailable"]
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from transformers import GenerationConfig
 
-from ..generation import StepOutput, build_logits_processors, decode
+from ..model.generation import StepOutput, build_logits_processors, decode
 from .base import DecodeEngine, DecodeRequest
 
 __all__ = ["TransformersEngine"]

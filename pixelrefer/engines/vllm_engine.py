@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import torch
 from transformers import GenerationConfig
 
-from ..generation import OFFICIAL_DEFAULT_TOP_K, GenerationSettings, GenerationTimeout, StepOutput
+from ..model.generation import OFFICIAL_DEFAULT_TOP_K, GenerationSettings, GenerationTimeout, StepOutput
 from .base import DecodeEngine, DecodeRequest, EngineUnavailable
 
 __all__ = ["VllmEngine", "encode_embeds"]

@@ -1,7 +1,7 @@
 """SAM 2.1 behind the project's segmenter interface, through transformers' `Sam2Model` and `Sam2VideoModel`.
 
 Weights come from the official `facebook/sam2.1-hiera-*` repositories (or a local folder) via
-`pixelrefer.hub`, so caching and offline mode behave like the chat model's. SAM runs on one device: the
+`pixelrefer.runtime.hub`, so caching and offline mode behave like the chat model's. SAM runs on one device: the
 first GPU when there is one, else the CPU. Inputs are prepared by transformers' own SAM 2 processors.
 
 Tracking keeps memory bounded for long clips: frames are resized for the model only when the model asks
@@ -33,10 +33,10 @@ from transformers import (
 from transformers.models.sam2.modeling_sam2 import Sam2ImageSegmentationOutput
 from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoSegmentationOutput
 
-from pixelrefer.devices import PlacementError, resolve_dtype, visible_gpus
-from pixelrefer.hub import resolve_source
-from pixelrefer.masks import ObjectId, clean_mask
-from pixelrefer.segment import Progress, Prompt, Segmenter, SegmentResult, Tracks, rank_candidates
+from ..media.masks import ObjectId, clean_mask
+from ..runtime.devices import PlacementError, resolve_dtype, visible_gpus
+from ..runtime.hub import resolve_source
+from .base import Progress, Prompt, Segmenter, SegmentResult, Tracks, rank_candidates
 
 __all__ = [
     "EMBEDDING_CACHE_IMAGES",

@@ -2,7 +2,7 @@
 
 Reading pipes ffmpeg's raw frames, decoding once from the start and keeping only the chosen ones (clips
 have few keyframes, so seeking per frame is slower); moviepy parses the metadata. Which frames are chosen
-is decided by `pixelrefer.sampling`, from an exact frame count: moviepy's own count is `int(duration *
+is decided by `pixelrefer.media.sampling`, from an exact frame count: moviepy's own count is `int(duration *
 fps)` with the duration rounded to 10 ms, which is one frame short on 29.97 fps clips, so the count and
 rate come from the container's packets instead.
 """
@@ -27,9 +27,9 @@ from moviepy.video.io.ffmpeg_reader import FFmpegInfosParser
 from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
 from PIL import Image
 
-from pixelrefer.limits import MediaLimits, MediaRejected
-from pixelrefer.masks import ObjectId, object_color, to_bool_mask
-from pixelrefer.sampling import FrameSample, sample_frames
+from .limits import MediaLimits, MediaRejected
+from .masks import ObjectId, object_color, to_bool_mask
+from .sampling import FrameSample, sample_frames
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -516,7 +516,7 @@ def overlay_image(
 ) -> np.ndarray:
     """Draw each object in its own colour: a tint over the mask, its outline, and its label (e.g. "1").
 
-    `colors[label]` is the object's colour index (see `pixelrefer.masks.object_color`). Empty masks draw
+    `colors[label]` is the object's colour index (see `pixelrefer.media.masks.object_color`). Empty masks draw
     nothing. Returns a new HxWx3 uint8 image.
     """
     base = np.asarray(image)

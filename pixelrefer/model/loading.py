@@ -31,10 +31,10 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from ..runtime.devices import GIB, Placement, PlacementError, plan_loading, visible_gpus
+from ..runtime.hub import WeightsUnavailable, is_hub_id, resolve_source
 from .config import PixelReferConfig
-from .devices import GIB, Placement, PlacementError, plan_loading, visible_gpus
-from .hub import WeightsUnavailable, is_hub_id, resolve_source
-from .model import PixelReferForCausalLM
+from .modeling import PixelReferForCausalLM
 from .vision import PixelReferImageProcessor, build_processor, load_vision_config, vision_config_from_dict
 
 __all__ = [

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from .chat import ChatObject, ChatSession, Reply
-from .generation import GenerationSettings
-from .images import load_image
-from .masks import clean_mask, export_png_zip, export_rle_json, object_color, to_bool_mask
-from .segment import Prompt, PromptError, SegmentResult, scribble_mask
+from ..chat.session import ChatObject, ChatSession, Reply
+from ..media.images import load_image
+from ..media.masks import clean_mask, export_png_zip, export_rle_json, object_color, to_bool_mask
+from ..media.video import Clip, load_clip, overlay_image, write_overlay_video
+from ..model.generation import GenerationSettings
+from ..segment.base import Prompt, PromptError, SegmentResult, scribble_mask
 from .service import Service
-from .video import Clip, load_clip, overlay_image, write_overlay_video
 
 if TYPE_CHECKING:
     from .examples import Example
@@ -73,7 +73,7 @@ class Workspace:
         """Copies of this visitor's files kept elsewhere (the web server's download cache), deleted on close."""
         self.on_file: Callable[[Workspace, Path], None] | None = None
         """Called as `on_file(workspace, path)` for every file written for the visitor (exports, overlays),
-        e.g. to note the copy that is served (`pixelrefer.servedfiles.record_copy`)."""
+        e.g. to note the copy that is served (`pixelrefer.serve.servedfiles.record_copy`)."""
 
     @property
     def folder(self) -> Path:
@@ -180,7 +180,7 @@ class Workspace:
         return self.service.model
 
     def _warm(self) -> None:
-        """Precompute the next answer while the visitor goes on marking or typing (`pixelrefer.warmup`): the
+        """Precompute the next answer while the visitor goes on marking or typing (`pixelrefer.chat.warmup`): the
         media's features, the objects' tokens, the prompt up to the question. Names never reach the model, so
         renaming does not call this."""
         if self.session is not None:

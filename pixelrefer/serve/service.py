@@ -20,15 +20,16 @@ from pathlib import Path
 import psutil
 import torch
 
-from .devices import GIB, visible_gpus
-from .hub import WeightsUnavailable
-from .inference import PixelRefer
-from .limits import ChatLimits, MediaLimits
-from .loading import estimate_weight_bytes
+from ..chat.warmup import Gate, Warmer
+from ..media.limits import ChatLimits, MediaLimits
+from ..model.inference import PixelRefer
+from ..model.loading import estimate_weight_bytes
+from ..model.synthetic import RELEASES, TINY, build_checkpoint, config_for
+from ..runtime.devices import GIB, visible_gpus
+from ..runtime.hub import WeightsUnavailable
+from ..segment.base import Segmenter
+from ..segment.build import load_segmenter
 from .redact import scrub
-from .segment import Segmenter, load_segmenter
-from .synthetic import RELEASES, TINY, build_checkpoint, config_for
-from .warmup import Gate, Warmer
 
 __all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "SwitchRefused", "DEFAULT_MODEL"]
 
@@ -243,7 +244,7 @@ class Service:
         self.gate = Gate()
         """The model events in flight (answers, tracking, clicks): the warm-up waits while any runs."""
         self.warmer = Warmer(self.gate)
-        """Precomputes each workspace's next answer while its visitor marks (`pixelrefer.warmup`)."""
+        """Precomputes each workspace's next answer while its visitor marks (`pixelrefer.chat.warmup`)."""
         self.model: PixelRefer | None = None
         self.requested = settings.model
         self.segmenter: Segmenter | None = None
@@ -284,7 +285,7 @@ class Service:
             self.segmenter = load_segmenter(self.settings.sam2, device=self.settings.device)
         except Exception as exc:  # e.g. a device that is not there: still serve, with the classical one
             _log.exception("Loading the segmenter %s failed; using GrabCut", self.settings.sam2)
-            from .grabcut import GrabCutSegmenter
+            from ..segment.grabcut import GrabCutSegmenter
 
             self.segmenter = GrabCutSegmenter(
                 notice=f"SAM 2.1 '{self.settings.sam2}' could not be loaded ({type(exc).__name__}: {exc}). "
@@ -359,7 +360,7 @@ class Service:
         self.engine_notice = ""
         if self.settings.engine == "transformers":
             return
-        from .engines import build_engine
+        from ..engines import build_engine
 
         try:
             self._engine = build_engine(
@@ -401,7 +402,7 @@ class Service:
         """Markdown for the top of the page: empty when the real model and SAM 2.1 are serving.
 
         The reasons come from loaders that name folders and URLs; they are scrubbed of server paths and
-        tokens (`pixelrefer.redact.scrub`) since every visitor reads them.
+        tokens (`pixelrefer.serve.redact.scrub`) since every visitor reads them.
         """
         lines = []
         if self.preview:

@@ -1,9 +1,9 @@
-"""Marks to masks: the one segmentation interface, the prompts it takes, and the choice of segmenter.
+"""Marks to masks: the one segmentation interface and the prompts it takes.
 
 A visitor clicks, drags a box or scribbles; a `Prompt` holds any combination of these. A `Segmenter` turns
 a prompt into a mask on an image, or prompts on some frames into masks on every frame of a clip. SAM 2.1
-(`pixelrefer.sam`) is the real one; when its weights cannot be had, `load_segmenter` hands back the
-classical GrabCut segmenter (`pixelrefer.grabcut`) with a notice saying why, so the demo still works and
+(`segment.sam`) is the real one; when its weights cannot be had, `segment.build.load_segmenter` hands back
+the classical GrabCut segmenter (`segment.grabcut`) with a notice saying why, so the demo still works and
 every result says which segmenter made it.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pixelrefer.masks import EmptyMaskError, ObjectId, clean_mask, to_bool_mask
+from ..media.masks import EmptyMaskError, ObjectId, clean_mask, to_bool_mask
 
 __all__ = [
     "MAX_SCRIBBLE_POINTS",
@@ -29,7 +29,6 @@ __all__ = [
     "Segmenter",
     "TrackingCancelled",
     "Tracks",
-    "load_segmenter",
     "rank_candidates",
     "scribble_mask",
     "scribble_points",
@@ -294,30 +293,3 @@ class Segmenter(ABC):
         cancel: threading.Event | None,
     ) -> Tracks:
         """Track checked prompts through checked frames."""
-
-
-def load_segmenter(spec: str = "tiny", *, device: str = "auto", dtype: str = "auto") -> Segmenter:
-    """SAM 2.1 at `spec` (tiny, small, base-plus, large, a hub id or a local folder), or GrabCut.
-
-    `spec="grabcut"` asks for the classical segmenter. When SAM 2.1 weights cannot be had (offline and not
-    cached, no such folder, a broken checkpoint), the classical segmenter is returned with `notice` saying
-    why. A device that does not exist is an error, not a reason to fall back.
-    """
-    # Imported here: both modules build on the classes above.
-    from pixelrefer.grabcut import GrabCutSegmenter
-    from pixelrefer.hub import WeightsUnavailable
-    from pixelrefer.sam import Sam2Segmenter, sam_placement
-
-    if spec.strip().lower() in {"grabcut", "classical"}:
-        return GrabCutSegmenter()
-    placement = sam_placement(device, dtype)
-    try:
-        return Sam2Segmenter.load(spec, placement=placement)
-    except WeightsUnavailable as exc:
-        reason = str(exc)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        reason = f"SAM 2.1 '{spec}' could not be loaded ({type(exc).__name__}: {exc})"
-    return GrabCutSegmenter(
-        notice=f"{reason}. Using the classical GrabCut segmenter instead: it follows clicks, boxes and "
-        "scribbles on clear, high-contrast objects but is far less accurate than SAM 2.1."
-    )

@@ -19,10 +19,10 @@ from typing import Any, Literal, cast
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pixelrefer.images import ImageError, check_image_file
-from pixelrefer.limits import MediaLimits, MediaRejected
-from pixelrefer.masks import load_mask_png
-from pixelrefer.video import overlay_image, probe_video, read_frames
+from ..media.images import ImageError, check_image_file
+from ..media.limits import MediaLimits, MediaRejected
+from ..media.masks import load_mask_png
+from ..media.video import overlay_image, probe_video, read_frames
 
 __all__ = [
     "DEFAULT_EXAMPLES_DIR",
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 MANIFEST = "examples.json"
-DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "examples"
 """`examples/` beside the package, as in the repository and the Docker image."""
 
 _OBJECT_TAG = re.compile(r"<object(\d+)>")

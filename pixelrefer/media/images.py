@@ -3,7 +3,7 @@
 Photos are turned upright by their EXIF orientation (as OpenCV's reader, used by the official code, does);
 greyscale, palette, CMYK, 16-bit and alpha images are converted; animated images give their first frame.
 Decoding is refused before it starts when the file is larger than the upload limit or its header declares
-more than `max_pixels` (see `pixelrefer.limits.MediaLimits`); corrupt, truncated and mislabelled files
+more than `max_pixels` (see `pixelrefer.media.limits.MediaLimits`); corrupt, truncated and mislabelled files
 are refused with a message that says which.
 """
 

@@ -21,14 +21,14 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..engines.base import DecodeEngine, DecodeRequest
+from ..engines.transformers_engine import TransformersEngine
+from ..media.images import ImageInput, load_image
+from ..media.masks import to_bool_mask
 from .cache import FeatureCache, PrefixCache, content_key
 from .config import PixelReferConfig, Variant
-from .engines.base import DecodeEngine, DecodeRequest
-from .engines.transformers_engine import TransformersEngine
 from .generation import GenerationSettings, GenerationTimeout, TextStream, eos_token_ids
-from .images import ImageInput, load_image
 from .loading import Loaded, Quantization, load_checkpoint
-from .masks import to_bool_mask
 from .objects import OBJECT_BUDGET, ObjectCrop, check_crop, crop_plan, global_view, plan_crop
 from .processing import (
     MediaSlot,

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from torch.overrides import TorchFunctionMode
 
-from .cache import FeatureCache, PrefixCache
-from .engines.transformers_engine import TransformersEngine
-from .inference import Embedded, PixelRefer
-from .processing import Turn
+from ..engines.transformers_engine import TransformersEngine
+from ..model.cache import FeatureCache, PrefixCache
+from ..model.inference import Embedded, PixelRefer
+from ..model.processing import Turn
 
 if TYPE_CHECKING:
-    from .chat import ChatSession
+    from .session import ChatSession
 
 __all__ = ["Cancelled", "Gate", "WarmPlan", "WarmReport", "Warmer", "prefill", "warm_up"]
 

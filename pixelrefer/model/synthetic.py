@@ -25,7 +25,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import PreTrainedTokenizerFast
 
 from .config import PixelReferConfig, PixelReferLiteConfig, Variant
-from .model import PixelReferForCausalLM
+from .modeling import PixelReferForCausalLM
 
 __all__ = [
     "BENCH",

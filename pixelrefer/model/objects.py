@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..media.limits import LimitExceeded
 from .config import PixelReferConfig, Variant
-from .limits import LimitExceeded
 
 __all__ = [
     "OBJECT_BUDGET",

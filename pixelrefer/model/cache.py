@@ -48,7 +48,7 @@ def _nbytes(value: object) -> int:
 class FeatureCache:
     """A least-recently-used store of encoded features, bounded in bytes.
 
-    Locked, because the precompute worker (`pixelrefer.warmup`) reads and fills it from its own thread.
+    Locked, because the precompute worker (`pixelrefer.chat.warmup`) reads and fills it from its own thread.
     """
 
     def __init__(self, max_bytes: int = 1 << 30) -> None:

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from pixelrefer.masks import ObjectId, clean_mask
-from pixelrefer.segment import Progress, Prompt, Segmenter, SegmentResult, Tracks, rank_candidates
+from ..media.masks import ObjectId, clean_mask
+from .base import Progress, Prompt, Segmenter, SegmentResult, Tracks, rank_candidates
 
 __all__ = ["GrabCutSegmenter"]
 

@@ -33,13 +33,13 @@ from typing import Literal
 
 import numpy as np
 
-from .cache import FeatureCache, PrefixCache
-from .generation import GenerationSettings
-from .images import ImageInput, load_image
-from .inference import PixelRefer, Prepared, Video, frame_mask
-from .limits import ChatLimits
-from .processing import ObjectRef, Piece, Turn
-from .video import Clip
+from ..media.images import ImageInput, load_image
+from ..media.limits import ChatLimits
+from ..media.video import Clip
+from ..model.cache import FeatureCache, PrefixCache
+from ..model.generation import GenerationSettings
+from ..model.inference import PixelRefer, Prepared, Video, frame_mask
+from ..model.processing import ObjectRef, Piece, Turn
 from .warmup import Gate, WarmPlan, WarmReport, warm_up
 
 __all__ = ["ChatLimits", "ChatObject", "ChatSession", "Exchange", "Reply", "parse_question"]
@@ -145,7 +145,7 @@ class _LabelMapper:
 class ChatSession:
     """A conversation about the objects of one image or clip, with caches that make follow-ups cheap.
 
-    Give `image=` or `clip=` (a `pixelrefer.video.Clip`). Masks of a clip are keyed by clip frame index
+    Give `image=` or `clip=` (a `pixelrefer.media.video.Clip`). Masks of a clip are keyed by clip frame index
     and must lie on sampled frames or on frames passed in `extra_frames`. `caching=False` re-encodes
     everything every turn (the baseline the benchmarks compare against); answers are the same.
     """
@@ -397,7 +397,7 @@ class ChatSession:
     def warm(self) -> WarmReport:
         """Precompute now, on this thread, what the next answer needs (features, object tokens, the
         prompt prefix's KV cache) into this session's caches; the answer is the same, only sooner.
-        The app runs this in the background instead (`pixelrefer.warmup.Warmer`)."""
+        The app runs this in the background instead (`pixelrefer.chat.warmup.Warmer`)."""
         plan = self.warm_plan()
         return warm_up(self, plan) if plan is not None else WarmReport(reason="nothing to precompute")
 

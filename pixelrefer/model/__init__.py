@@ -1,0 +1,1 @@
+"""The model: config, vision tower, object tokens, prompt, inference, decoding, caches, loading."""

@@ -1,0 +1,1 @@
+"""Runtime: where the model runs (devices, dtypes, placement) and where its weights come from (the hub)."""

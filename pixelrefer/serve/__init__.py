@@ -1,0 +1,1 @@
+"""Serving the app: service, visitor workspaces, web guard, served files, cancelling, redaction, examples."""
