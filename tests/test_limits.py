@@ -1,5 +1,5 @@
-"""Limits as configuration: one place (`pixelrefer.media.limits`, `AppSettings`), the README's table in step with
-the defaults, a flag and an environment variable for each, and one precise message per limit."""
+"""Limits as configuration: one place (`pixelrefer.media.limits`, `AppSettings`), the README's table in step
+with the defaults, a flag and an environment variable for each, and one precise message per limit."""
 
 from __future__ import annotations
 

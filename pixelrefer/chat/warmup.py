@@ -6,11 +6,11 @@ The job computes what the next answer's prompt starts with (the vision features,
 the KV cache of the conversation up to the question) into the chat session's own caches, so the question
 only prefills its own tokens.
 
-It never competes with a visitor: a `Gate` counts the model events in flight (answers, tracking, clicks)
-and the worker waits at its next torch operation while any runs. A job whose session changed since it
-was planned (`ChatSession.version`) stops at its next operation and stores nothing. Both caches check content
-(feature keys are digests, prefix rows are compared), so even a late result could never be wrong, only
-wasted. It is not a Gradio event, so it does not count against the model queue.
+It never competes with a visitor: a `Gate` counts the model events in flight (answers, tracking, clicks) and
+the worker waits at its next torch operation while any runs. A job whose session changed since it was planned
+(`ChatSession.version`) stops at its next operation and stores nothing. Both caches check content (feature
+keys are digests, prefix rows are compared), so even a late result could never be wrong, only wasted. It is
+not a Gradio event, so it does not count against the model queue.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ class Gate:
     """The model events in flight; background work runs only while there are none.
 
     Model events enter with `event()` (or `hold()` for a streamed answer). The worker waits for the gate
-    to be idle before every torch operation (`wait_idle`), and stores its results in `exclusive()`, which an event
-    entering meanwhile waits for (a few dictionary and tensor-reference updates).
+    to be idle before every torch operation (`wait_idle`), and stores its results in `exclusive()`, which
+    an event entering meanwhile waits for (a few dictionary and tensor-reference updates).
     """
 
     def __init__(self) -> None:

@@ -2,9 +2,9 @@
 
 `MediaLimits` bounds what one upload may be (file size, pixels, duration, frames); `ChatLimits` bounds a
 conversation (objects, question length, prompt and answer tokens, history, time). The app's values live in
-`pixelrefer.serve.service.AppSettings`, which holds one of each; the README's "Limits" table states them and a test
-keeps the two in step. Every check runs before anything is decoded or computed, and every refusal names the
-limit, the value that broke it and by how much, so a visitor can fix the input rather than guess.
+`pixelrefer.serve.service.AppSettings`, which holds one of each; the README's "Limits" table states them and a
+test keeps the two in step. Every check runs before anything is decoded or computed, and every refusal names
+the limit, the value that broke it and by how much, so a visitor can fix the input rather than guess.
 """
 
 from __future__ import annotations

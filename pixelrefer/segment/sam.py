@@ -1,8 +1,8 @@
 """SAM 2.1 behind the project's segmenter interface, through transformers' `Sam2Model` and `Sam2VideoModel`.
 
 Weights come from the official `facebook/sam2.1-hiera-*` repositories (or a local folder) via
-`pixelrefer.runtime.hub`, so caching and offline mode behave like the chat model's. SAM runs on one device: the
-first GPU when there is one, else the CPU. Inputs are prepared by transformers' own SAM 2 processors.
+`pixelrefer.runtime.hub`, so caching and offline mode behave like the chat model's. SAM runs on one device:
+the first GPU when there is one, else the CPU. Inputs are prepared by transformers' own SAM 2 processors.
 
 Tracking keeps memory bounded for long clips: frames are resized for the model only when the model asks
 for them (a couple at a time), and the inference session's per-frame outputs are trimmed to the window

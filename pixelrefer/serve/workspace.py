@@ -180,9 +180,9 @@ class Workspace:
         return self.service.model
 
     def _warm(self) -> None:
-        """Precompute the next answer while the visitor goes on marking or typing (`pixelrefer.chat.warmup`): the
-        media's features, the objects' tokens, the prompt up to the question. Names never reach the model, so
-        renaming does not call this."""
+        """Precompute the next answer while the visitor goes on marking or typing (`pixelrefer.chat.warmup`):
+        the media's features, the objects' tokens, the prompt up to the question. Names never reach the model,
+        so renaming does not call this."""
         if self.session is not None:
             self.session.gate = self.service.gate
             self.service.warmer.schedule(self, self.session)
