@@ -944,34 +944,39 @@ def build(service: Service) -> gr.Blocks:
         media = [*marked, c.clip_bar, c.frame, c.overlay, t.chatbot]
         gen = [t.max_tokens, t.sample, t.temperature, t.top_p, t.seed]
         painting = ([state, c.tool], [c.canvas, c.painter, c.brush_row])  # the brush follows the picture
+        # Progress never covers the picture being marked: Gradio's pending overlay is opaque and takes the
+        # clicks, so a click right after another (or right after the picture arrived) would be lost and the
+        # click point hidden. Marking shows its progress in the status line; only new media covers the canvas.
+        status_line = {"show_progress_on": [c.mark_info]}
+        segmenting = {**status_line, "concurrency_id": "segmenter"}
+        loading = {"show_progress_on": [c.canvas, c.mark_info]}
+        quiet = {"show_progress": "hidden"}
         # The upload skips Gradio's decoding so that the library checks the file (and names what is wrong).
-        c.canvas.upload(on_upload, [state, c.canvas], media, preprocess=False, **private).then(
-            on_tool, *painting, **private
+        c.canvas.upload(on_upload, [state, c.canvas], media, preprocess=False, **loading, **private).then(
+            on_tool, *painting, **quiet, **private
         )
         c.canvas.clear(on_clear_canvas, [state], media, **private)
-        c.open_clip.upload(on_open_clip, [state, c.open_clip], media, **private).then(
-            on_tool, *painting, **private
+        c.open_clip.upload(on_open_clip, [state, c.open_clip], media, **loading, **private).then(
+            on_tool, *painting, **quiet, **private
         )
-        c.frame.release(on_seek, [state, c.frame], marked, **private).then(on_tool, *painting, **private)
-        c.canvas.select(on_click, [state, c.tool], marked, concurrency_id="segmenter", **private)
-        c.tool.change(on_tool, *painting, **private)
+        c.frame.release(on_seek, [state, c.frame], marked, **status_line, **private).then(
+            on_tool, *painting, **quiet, **private
+        )
+        c.canvas.select(on_click, [state, c.tool], marked, **segmenting, **private)
+        c.tool.change(on_tool, *painting, **quiet, **private)
         c.apply_brush.click(
-            on_brush, [state, c.painter, c.as_mask], [*marked, c.painter], concurrency_id="segmenter",
-            **private,
-        )  # fmt: skip
-        c.keep.click(on_keep, [state, o.name, c.tool], [*marked, o.name, c.painter], **private)
-        c.clear_marks.click(on_clear_marks, [state, c.tool], [*marked, c.painter], **private)
-        c.track.click(
-            on_track, [state], [*marked, c.overlay], concurrency_id="segmenter", show_progress_on=[c.mark_info],
-            **private,
-        )  # fmt: skip
+            on_brush, [state, c.painter, c.as_mask], [*marked, c.painter], **segmenting, **private
+        )
+        c.keep.click(on_keep, [state, o.name, c.tool], [*marked, o.name, c.painter], **status_line, **private)
+        c.clear_marks.click(on_clear_marks, [state, c.tool], [*marked, c.painter], **status_line, **private)
+        c.track.click(on_track, [state], [*marked, c.overlay], **segmenting, **private)
         c.cancel.click(on_cancel, [state], [c.mark_info], queue=False, **private)
-        o.picked.input(on_select_object, [state, o.picked], marked, **private)
-        o.delete.click(on_delete, [state, o.picked], [*marked, t.chatbot], **private)
-        o.rename.click(on_rename, [state, o.picked, o.name], [*marked, o.name], **private)
+        o.picked.input(on_select_object, [state, o.picked], marked, **status_line, **private)
+        o.delete.click(on_delete, [state, o.picked], [*marked, t.chatbot], **status_line, **private)
+        o.rename.click(on_rename, [state, o.picked, o.name], [*marked, o.name], **status_line, **private)
         o.insert.click(on_insert_tag, [t.question, o.picked], [t.question], **private)
-        o.examples.select(on_example, [state], [*media, t.question], **private).then(
-            on_tool, *painting, **private
+        o.examples.select(on_example, [state], [*media, t.question], **loading, **private).then(
+            on_tool, *painting, **quiet, **private
         )
         chat_out = [state, t.chatbot, t.question]
         t.send.click(on_send, [state, t.question, *gen], chat_out, **model_events, **private)

@@ -160,10 +160,15 @@ def mark_info(page: Page) -> str:
     return page.locator("#mark-info").inner_text()
 
 
+CANVAS_COVERED = '#canvas [data-testid="status-tracker"]:not(.hide)'
+"""Gradio's pending overlay on the canvas: opaque, and it takes the clicks (only new media shows it)."""
+
+
 def click_pixel(page: Page, x: float, y: float) -> None:
     """Click the canvas at image pixel (x, y), placing the pointer the way Gradio maps clicks to pixels."""
     image = page.locator("#canvas img")
     image.scroll_into_view_if_needed()
+    expect(page.locator(CANVAS_COVERED)).to_have_count(0)  # a picture still arriving would take the click
     box = image.evaluate(
         """img => { const r = img.getBoundingClientRect();
         return {left: r.left, top: r.top, width: r.width, height: r.height,
@@ -549,9 +554,20 @@ def test_clip_example_opens_the_clip_view(page: Page, preview_app: PreviewApp) -
     assert len(object_tags(page)) == len(clip_example.objects)
 
 
-def test_the_click_point_shows_before_the_mask(page: Page, scene: SceneImage) -> None:
+def test_the_click_point_shows_before_the_mask(
+    page: Page, preview_app: PreviewApp, scene: SceneImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The click is drawn in the page the moment the pointer goes down (assets/click_marker.js), so it is
-    on screen before the segmenter's picture comes back; that picture then replaces it."""
+    on screen before the segmenter's picture comes back; that picture then replaces it. While the mask is
+    computed the picture stays in view (no overlay hides the point) and takes the next click."""
+    segmenter = preview_app.service.segmenter
+    original = segmenter.segment_image
+
+    def slow_segment(image, prompt):
+        time.sleep(1.0)  # a slow segmenter: long enough to look at the page meanwhile
+        return original(image, prompt)
+
+    monkeypatch.setattr(segmenter, "segment_image", slow_segment)
     upload(page, scene.path)
     page.evaluate(
         """() => {
@@ -563,7 +579,17 @@ def test_the_click_point_shows_before_the_mask(page: Page, scene: SceneImage) ->
         } }).observe(canvas, {subtree: true, childList: true, attributes: true, attributeFilter: ['src']});
         }"""
     )
-    mark(page, *scene.disc_centre, expect="Mask by GrabCut")
+    click_pixel(page, *scene.disc_centre)
+    expect(page.locator("#canvas .click-marker")).to_be_visible()
+    # Looked at once, while the slow segmenter still runs: what is on top at the click point?
+    on_top = page.evaluate(
+        """covered => { const r = document.querySelector('#canvas .click-marker').getBoundingClientRect();
+        const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+        return {picture: hit.closest('#canvas img') !== null, covers: document.querySelectorAll(covered).length}; }""",
+        CANVAS_COVERED,
+    )
+    assert on_top == {"picture": True, "covers": 0}, "something covers the picture while the mask is computed"
+    wait_text(page, "#mark-info", "Mask by GrabCut")
     seen = page.evaluate("window.seen")
     assert "marker" in seen and "picture" in seen[seen.index("marker") :], seen
     expect(page.locator("#canvas .click-marker")).to_have_count(0)
