@@ -378,7 +378,7 @@ def on_click(ws, tool, evt: gr.SelectData):
     mode = TOOLS[tool]
     if mode == "brush":
         return (ws, *view(ws, "The brush paints on the picture; switch tool to click."))
-    x, y = evt.index[0], evt.index[1]
+    x, y = ws.from_display(evt.index[0], evt.index[1])
     result = ws.click(x, y, mode)
     if result is None:
         message = (

@@ -11,7 +11,9 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import cv2
 import gradio as gr
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from gradio_client.exceptions import AppError
 
 from pixelrefer.media.video import load_clip
 
-from .app_media import SceneClip, SceneImage, write_mask_png, write_scene_clip, write_scene_image
+from .app_media import SceneClip, SceneImage, iou, write_mask_png, write_scene_clip, write_scene_image
 from .conftest import PreviewApp
 
 PUBLIC = {"/describe_region", "/open", "/add_object", "/ask"}
@@ -228,5 +230,34 @@ def test_gpu_durations_read_each_events_own_arguments(preview_app: PreviewApp, m
         image, mask = str(media["scene"].path), str(media["disc"])
         assert app.answer_duration(image, mask, 256, 1234) == app.answer_duration(None, "", 256)
         assert app.track_duration(ws) > app.track_duration(None)
+    finally:
+        ws.close()
+
+
+def test_a_large_photo_is_marked_on_a_display_copy(preview_app: PreviewApp, media: dict) -> None:
+    """The canvas shows a copy at most `DISPLAY_SIDE` px long, cheap to draw and send on every click; a click
+    on it (the page reports the shown picture's pixels) lands on the frame's own pixels, the mask is at the
+    frame's size, and the point is drawn where it was clicked."""
+    import app
+    from pixelrefer.serve.workspace import DISPLAY_SIDE
+
+    big = media["big"]
+    ws = app.Workspace(preview_app.service)
+    try:
+        ws.open_image(big.path)  # 2400x1800, held at the media limit's 1920x1440
+        frame_height, frame_width = ws.frame.shape[:2]
+        shown_height, shown_width = ws.canvas().shape[:2]
+        assert max(shown_height, shown_width) == DISPLAY_SIDE < max(frame_height, frame_width)
+        assert shown_width / shown_height == pytest.approx(frame_width / frame_height, rel=0.01)
+        x, y = (round(c * shown_width / big.size[0]) for c in big.disc_centre)
+        outputs = app.on_click(ws, "Object (click)", SimpleNamespace(index=[x, y]))
+        point = ws.draft.prompt.points[0]
+        expected = [c * frame_width / big.size[0] for c in big.disc_centre]
+        assert point == pytest.approx(expected, abs=frame_width / shown_width)
+        truth = cv2.resize(big.disc.astype(np.uint8), (frame_width, frame_height)) > 0
+        assert ws.draft.result.mask.shape == truth.shape and iou(ws.draft.result.mask, truth) > 0.8
+        canvas = outputs[1]
+        assert canvas.shape[:2] == (shown_height, shown_width)
+        assert tuple(canvas[y, x]) == pytest.approx((40, 200, 60), abs=40)  # the click point, in green
     finally:
         ws.close()

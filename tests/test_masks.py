@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
@@ -83,6 +84,25 @@ class TestToBoolMask:
             to_bool_mask(bad)
 
 
+def whole_image_clean(mask: np.ndarray, min_area: int | None) -> np.ndarray:
+    """`clean_mask`'s rule over the whole image: islands under `min_area` go (not the largest), holes under it
+    (background not touching the image's edge) are filled."""
+    limit = default_min_area(mask.shape) if min_area is None else min_area
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    result = mask.copy()
+    if count > 2:
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        keep = areas >= limit
+        keep[int(np.argmax(areas))] = True
+        result = np.concatenate([[False], keep])[labels]
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((~result).astype(np.uint8), connectivity=4)
+    edge = set(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]).tolist())
+    for label in range(1, count):
+        if label not in edge and stats[label, cv2.CC_STAT_AREA] < limit:
+            result |= labels == label
+    return result
+
+
 class TestCleaning:
     def test_specks_go_the_object_stays(self) -> None:
         mask = square()
@@ -108,6 +128,29 @@ class TestCleaning:
         mask = np.zeros((100, 100), bool)
         mask[50:52, 50:52] = True
         assert np.array_equal(clean_mask(mask), mask)
+
+    def test_a_gap_at_the_box_edge_is_not_a_hole(self) -> None:
+        """Cleaning looks only inside the mask's bounding box: background reaching the box's edge is open to
+        the image's edge, even where the box does not touch the image's edge."""
+        mask = square((60, 60), (10, 10, 40, 40))
+        mask[10:14, 20:24] = False  # a notch in the top edge, 16 px
+        mask[25:28, 25:28] = False  # a hole inside, 9 px
+        cleaned = clean_mask(mask, min_area=50)
+        assert not cleaned[10:14, 20:24].any() and cleaned[25:28, 25:28].all()
+
+    @pytest.mark.parametrize("seed", range(6))
+    def test_the_box_gives_what_the_whole_image_gives(self, seed: int) -> None:
+        """Against the rule applied to the whole image: noisy masks, objects with specks, notches and holes."""
+        rng = np.random.default_rng(seed)
+        for _ in range(40):
+            height, width = (int(v) for v in rng.integers(6, 90, 2))
+            mask = np.zeros((height, width), bool)
+            top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
+            mask[top : top + int(rng.integers(1, height)), left : left + int(rng.integers(1, width))] = True
+            mask &= rng.random((height, width)) < rng.choice([0.5, 0.97])
+            mask[rng.integers(0, height, 4), rng.integers(0, width, 4)] = True
+            for min_area in (None, 3, 30):
+                assert np.array_equal(clean_mask(mask, min_area=min_area), whole_image_clean(mask, min_area))
 
     def test_empty_stays_empty_and_is_refused(self) -> None:
         empty = np.zeros((10, 12), bool)

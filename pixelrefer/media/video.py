@@ -522,18 +522,24 @@ def overlay_image(
     base = np.asarray(image)
     if base.ndim != 3 or base.shape[2] != 3:
         raise ValueError(f"Expected an HxWx3 RGB image, got shape {base.shape}")
-    canvas = base.astype(np.float32)
     shapes = []
     for label, raw in masks.items():
         mask = to_bool_mask(raw)
         if mask.shape != base.shape[:2]:
             raise ValueError(f"Mask for {label} is {mask.shape}, the image is {base.shape[:2]}")
-        if not mask.any():
-            continue
-        color = object_color(colors[label])
-        canvas[mask] = canvas[mask] * (1 - alpha) + np.asarray(color, np.float32) * alpha
-        shapes.append((label, mask, color))
-    result = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+        if mask.any():
+            shapes.append((label, mask, object_color(colors[label])))
+    result = np.array(base, dtype=np.uint8)
+    if shapes:
+        # Tints are blended in floats over the objects' bounding box only, the rest is copied as it is.
+        union = np.logical_or.reduce([mask for _, mask, _ in shapes])
+        rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        canvas = result[box].astype(np.float32)
+        for _, mask, color in shapes:
+            inside = mask[box]
+            canvas[inside] = canvas[inside] * (1 - alpha) + np.asarray(color, np.float32) * alpha
+        result[box] = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
     line = max(1, int(round(min(base.shape[:2]) / 250)))
     for _, mask, color in shapes:
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -39,6 +39,11 @@ MarkMode = str
 
 PREVIEW_NOTE = "Offline preview: answers from a tiny random model, meaningless."
 
+DISPLAY_SIDE = 1024
+"""The canvas picture's longer side at most. The page shows it about 560 px wide (twice that on a high-density
+screen), so a larger copy only costs drawing, encoding and sending on every click; clicks on it are mapped
+back to the frame's pixels (`from_display`) and marks and masks stay at the frame's size."""
+
 _POSITIVE = (40, 200, 60)
 _NEGATIVE = (230, 40, 40)
 
@@ -66,6 +71,7 @@ class Workspace:
         self.target: int | None = None
         self.marks: dict[int, dict[int, Prompt]] = {}
         self.tracked = False
+        self._shown: tuple[np.ndarray, np.ndarray] | None = None
         self._folder: Path | None = None
         self._remove_folder: weakref.finalize | None = None
         self.cancel = threading.Event()
@@ -92,6 +98,7 @@ class Workspace:
         if self.session is not None:
             self.session.close()
         self.session = None
+        self._shown = None
         self.image = self.clip = None
         self.notes = ()
         self.position = 0
@@ -351,36 +358,61 @@ class Workspace:
 
     # ------------------------------------------------------------------ drawing
 
-    def canvas(self) -> np.ndarray:
-        """The current frame with its objects, the draft mask and the marks in progress drawn on it."""
+    def _display_scale(self) -> tuple[float, float]:
+        """(x, y) factors from the frame's pixels to the canvas picture's (1 for pictures that fit)."""
+        height, width = self.frame.shape[:2]
+        shown_height, shown_width = _fitted_size(height, width, DISPLAY_SIDE)
+        return shown_width / width, shown_height / height
+
+    def from_display(self, x: float, y: float) -> tuple[float, float]:
+        """A point clicked on the canvas picture, in the frame's pixels."""
+        scale_x, scale_y = self._display_scale()
+        height, width = self.frame.shape[:2]
+        return min(x / scale_x, width - 1.0), min(y / scale_y, height - 1.0)
+
+    def _display_frame(self) -> np.ndarray:
+        """The canvas's copy of the current frame, made once per frame (the pair holds the frame itself, so
+        the identity test cannot be fooled by a new frame at the same address)."""
         frame = self.frame
+        if self._shown is None or self._shown[0] is not frame:
+            self._shown = (frame, _fit(frame, DISPLAY_SIDE))
+        return self._shown[1]
+
+    def canvas(self) -> np.ndarray:
+        """The current frame with its objects, the draft mask and the marks in progress drawn on it, at most
+        `DISPLAY_SIDE` pixels on its longer side."""
+        frame = self._display_frame()
+        height, width = frame.shape[:2]
+        scale_x, scale_y = self._display_scale()
+
+        def shown(mask: np.ndarray) -> np.ndarray:
+            if mask.shape == (height, width):
+                return mask
+            return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_AREA) >= 0.5
+
+        def at(x: float, y: float) -> tuple[int, int]:
+            return int(x * scale_x), int(y * scale_y)
+
         masks, colors = {}, {}
         for obj in self.session.objects if self.session else []:
             if self.frame_index in obj.masks and obj.id != self.target:
-                masks[obj.id] = obj.masks[self.frame_index]
+                masks[obj.id] = shown(obj.masks[self.frame_index])
                 colors[obj.id] = obj.color_index
         draft = self.draft.result
         if draft is not None and not draft.empty:
             label = self.target if self.target is not None else "new"
-            masks[label] = draft.mask
+            masks[label] = shown(draft.mask)
             colors[label] = self._session().get(self.target).color_index if self.target is not None else 11
         image = overlay_image(frame, masks, colors) if masks else frame.copy()
-        radius = max(3, min(frame.shape[:2]) // 80)
+        radius = max(3, min(height, width) // 80)
         for (x, y), positive in zip(self.draft.prompt.points, self.draft.prompt.positive, strict=True):
-            cv2.circle(image, (int(x), int(y)), radius, _POSITIVE if positive else _NEGATIVE, -1, cv2.LINE_AA)
-            cv2.circle(image, (int(x), int(y)), radius, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.circle(image, at(x, y), radius, _POSITIVE if positive else _NEGATIVE, -1, cv2.LINE_AA)
+            cv2.circle(image, at(x, y), radius, (255, 255, 255), 1, cv2.LINE_AA)
         if self.draft.prompt.box is not None:
-            x0, y0, x1, y1 = (int(v) for v in self.draft.prompt.box)
-            cv2.rectangle(image, (x0, y0), (x1, y1), (255, 255, 255), 2)
+            x0, y0, x1, y1 = self.draft.prompt.box
+            cv2.rectangle(image, at(x0, y0), at(x1, y1), (255, 255, 255), 2)
         if self.draft.corner is not None:
-            cv2.drawMarker(
-                image,
-                tuple(int(v) for v in self.draft.corner),
-                (255, 255, 0),
-                cv2.MARKER_CROSS,
-                4 * radius,
-                2,
-            )
+            cv2.drawMarker(image, at(*self.draft.corner), (255, 255, 0), cv2.MARKER_CROSS, 4 * radius, 2)
         return image
 
     def objects(self) -> list[ChatObject]:
