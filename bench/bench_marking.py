@@ -143,7 +143,8 @@ def serve(sam2: str, log_path: Path) -> Iterator[str]:
 
 
 def photos(folder: Path) -> list[tuple[str, Path, list[tuple[float, float]]]]:
-    """The example photos (as shipped and enlarged), each with the middle of every marked object."""
+    """The example photos (as shipped and enlarged), each with the middle of every marked object, given as
+    fractions of the picture's width and height (the canvas may show a smaller copy)."""
     made = []
     for example in load_examples(REPO / "examples"):
         if example.kind != "image":
@@ -156,23 +157,19 @@ def photos(folder: Path) -> list[tuple[str, Path, list[tuple[float, float]]]]:
             row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
             middles.append((float(col), float(row)))
         height, width = image.shape[:2]
+        middles = [(x / width, y / height) for x, y in middles]
         made.append((f"{example.name} {width}x{height}", example.path, middles))
         scale = 1600 / max(height, width)
         big = cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_CUBIC)
         path = folder / f"{example.name}_big.png"
         Image.fromarray(big).save(path)
-        made.append(
-            (
-                f"{example.name} {big.shape[1]}x{big.shape[0]}",
-                path,
-                [(x * scale, y * scale) for x, y in middles],
-            )
-        )
+        made.append((f"{example.name} {big.shape[1]}x{big.shape[0]}", path, middles))
     return made
 
 
 def click_pixel(page: Page, x: float, y: float) -> None:
-    """Click the canvas at image pixel (x, y), as Gradio maps clicks to pixels (the picture is fitted)."""
+    """Click the canvas at (x, y), fractions of the picture's width and height, as Gradio maps clicks to
+    pixels (the picture is fitted into the canvas)."""
     image = page.locator("#canvas img")
     box = image.evaluate(
         """img => ({width: img.clientWidth, height: img.clientHeight,
@@ -181,6 +178,7 @@ def click_pixel(page: Page, x: float, y: float) -> None:
     scale = min(box["width"] / box["natural_width"], box["height"] / box["natural_height"], 1)
     left = (box["width"] - box["natural_width"] * scale) / 2
     top = (box["height"] - box["natural_height"] * scale) / 2
+    x, y = x * box["natural_width"], y * box["natural_height"]
     image.click(position={"x": left + x * scale, "y": top + y * scale})
 
 
@@ -202,7 +200,7 @@ def timed_click(page: Page, x: float, y: float) -> tuple[float, float]:
         )
     except PlaywrightTimeout as exc:
         shown = page.locator("#mark-info").inner_text()
-        raise RuntimeError(f"no mask after a click at ({x:.0f}, {y:.0f}); the page says {shown!r}") from exc
+        raise RuntimeError(f"no mask after a click at ({x:.2f}, {y:.2f}); the page says {shown!r}") from exc
     # The answer's picture has loaded (the message and the picture arrive in the same update).
     page.wait_for_function(
         """before => { const img = document.querySelector('#canvas img');
