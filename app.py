@@ -802,10 +802,12 @@ def canvas_panel(settings: AppSettings) -> SimpleNamespace:
         sources=["upload", "clipboard"], interactive=True, height=440, elem_id="canvas", format="jpeg",
         placeholder="Drop an image here or click to upload. Or open a clip, or pick an example.",
     )  # fmt: skip
+    # The picture is sent back as JPEG, as the canvas is (WebP costs 0.15-0.3 s per brush action); the strokes
+    # the browser sends are PNG layers with their alpha whatever this says.
     p.painter = painter(
         label="Paint over the object", type="numpy", visible=False, sources=[], layers=False, height=440,
         transforms=[], brush=gr.Brush(colors=["#ff00ff"], default_size=12, color_mode="fixed"),
-        elem_id="painter",
+        elem_id="painter", format="jpeg",
     )  # fmt: skip
     with gr.Row(elem_id="tools"):
         p.tool = gr.Radio(list(TOOLS), value="Object (click)", label="Mark with", scale=4, elem_id="tool")
