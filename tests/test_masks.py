@@ -90,11 +90,10 @@ def whole_image_clean(mask: np.ndarray, min_area: int | None) -> np.ndarray:
     limit = default_min_area(mask.shape) if min_area is None else min_area
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     result = mask.copy()
-    if count > 2:
-        areas = stats[1:, cv2.CC_STAT_AREA]
-        keep = areas >= limit
-        keep[int(np.argmax(areas))] = True
-        result = np.concatenate([[False], keep])[labels]
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])) if count > 1 else 0
+    for label in range(1, count):
+        if label != largest and stats[label, cv2.CC_STAT_AREA] < limit:
+            result[labels == label] = False
     count, labels, stats, _ = cv2.connectedComponentsWithStats((~result).astype(np.uint8), connectivity=4)
     edge = set(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]).tolist())
     for label in range(1, count):

@@ -124,8 +124,8 @@ def clean_mask(mask: Any, *, min_area: int | None = None) -> np.ndarray:
     # Only the mask's bounding box is looked at: every island lies inside it, and background touching the
     # box's edge touches the image's edge too (the pixel beyond it is background, and so is the whole strip
     # out to the image's edge), so the answer is the same as over the whole image, at a fraction of the cost.
-    rows, cols = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
-    box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    x0, y0, x1, y1 = mask_bbox(full)
+    box = np.s_[y0:y1, x0:x1]
     result = full[box]
     count, labels, stats, _ = cv2.connectedComponentsWithStats(result.astype(np.uint8), connectivity=8)
     if count > 2:

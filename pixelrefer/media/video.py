@@ -28,7 +28,7 @@ from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
 from PIL import Image
 
 from .limits import MediaLimits, MediaRejected
-from .masks import ObjectId, object_color, to_bool_mask
+from .masks import ObjectId, mask_bbox, object_color, to_bool_mask
 from .sampling import FrameSample, sample_frames
 
 __all__ = [
@@ -532,9 +532,8 @@ def overlay_image(
     result = np.array(base, dtype=np.uint8)
     if shapes:
         # Tints are blended in floats over the objects' bounding box only, the rest is copied as it is.
-        union = np.logical_or.reduce([mask for _, mask, _ in shapes])
-        rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
-        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        x0, y0, x1, y1 = mask_bbox(np.logical_or.reduce([mask for _, mask, _ in shapes]))
+        box = np.s_[y0:y1, x0:x1]
         canvas = result[box].astype(np.float32)
         for _, mask, color in shapes:
             inside = mask[box]

@@ -360,8 +360,7 @@ class Workspace:
 
     def _display_scale(self) -> tuple[float, float]:
         """(x, y) factors from the frame's pixels to the canvas picture's (1 for pictures that fit)."""
-        height, width = self.frame.shape[:2]
-        shown_height, shown_width = _fitted_size(height, width, DISPLAY_SIDE)
+        (height, width), (shown_height, shown_width) = self.frame.shape[:2], self._display_frame().shape[:2]
         return shown_width / width, shown_height / height
 
     def from_display(self, x: float, y: float) -> tuple[float, float]:
