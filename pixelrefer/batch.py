@@ -37,11 +37,12 @@ from .media.limits import ChatLimits, MediaLimits
 from .media.masks import load_mask_png, mask_from_rle, to_bool_mask
 from .model.generation import GenerationSettings
 from .model.inference import PixelRefer
+from .runtime.errors import InputError
 
 __all__ = ["BatchItem", "BatchSummary", "ItemError", "fit_mask", "load_item", "read_items", "run_batch"]
 
 
-class ItemError(ValueError):
+class ItemError(InputError):
     """An item that cannot be answered; becomes its error row."""
 
 
@@ -318,7 +319,7 @@ def run_batch(
     limits = limits or ChatLimits()
     index, count = shard
     if not 0 <= index < count:
-        raise ValueError(f"shard {index}/{count}: the first number goes from 0 to {count - 1}")
+        raise InputError(f"shard {index}/{count}: the first number goes from 0 to {count - 1}")
     items = read_items(items_path)[index::count]
     done = finished_ids(out_path)
     todo = [item for item in items if item.id not in done]

@@ -22,6 +22,8 @@ import time
 import warnings
 from pathlib import Path
 
+from .runtime.errors import InputError
+
 __all__ = ["main"]
 
 _VIDEO_MASK = re.compile(r"^(?:(?P<object>\d+)@)?(?P<frame>\d+):(?P<path>.+)$")
@@ -41,7 +43,7 @@ examples:
 """
 
 
-class CliError(Exception):
+class CliError(InputError):
     """A problem with the command line or its inputs; printed as one line."""
 
 
@@ -167,7 +169,7 @@ def _read_inputs(args: argparse.Namespace):
     def mask_at(path: str) -> object:
         try:
             return to_bool_mask(load_image(_existing(path, "mask")))
-        except (ImageError, ValueError) as exc:
+        except InputError as exc:
             raise CliError(f"mask {path}: {exc}") from exc
 
     try:
@@ -231,7 +233,7 @@ def _chat(args: argparse.Namespace) -> int:
         limits.check_question(args.question.strip())
         limits.check_object_count(len(objects) - 1)
         limits.check_new_tokens(args.max_new_tokens)
-    except ValueError as exc:
+    except InputError as exc:
         raise CliError(str(exc)) from exc
 
     from .chat.session import ChatSession
@@ -301,7 +303,7 @@ def _batch(args: argparse.Namespace) -> int:
             top_p=args.top_p,
             seed=args.seed,
         )
-    except ValueError as exc:
+    except InputError as exc:
         raise CliError(str(exc)) from exc
     model = _load(args)
     engine = None

@@ -40,6 +40,7 @@ from ..model.cache import FeatureCache, PrefixCache
 from ..model.generation import GenerationSettings
 from ..model.inference import PixelRefer, Prepared, Video, frame_mask
 from ..model.processing import ObjectRef, Piece, Turn
+from ..runtime.errors import InputError
 from .warmup import Gate, WarmPlan, WarmReport, warm_up
 
 __all__ = ["ChatLimits", "ChatObject", "ChatSession", "Exchange", "Reply", "parse_question"]
@@ -98,7 +99,7 @@ def parse_question(question: str, known_ids: Sequence[int]) -> tuple[str | _Ref,
         object_id = int(match.group(1))
         if object_id not in known_ids:
             listed = ", ".join(f"<object{i}>" for i in known_ids) or "none yet"
-            raise ValueError(f"{match.group(0)} is not a marked object (marked: {listed})")
+            raise InputError(f"{match.group(0)} is not a marked object (marked: {listed})")
         if match.start() > position:
             pieces.append(question[position : match.start()])
         pieces.append(_Ref(object_id))
@@ -161,7 +162,7 @@ class ChatSession:
         caching: bool = True,
     ) -> None:
         if (image is None) == (clip is None):
-            raise ValueError("A chat is about exactly one image or one clip")
+            raise InputError("A chat is about exactly one image or one clip")
         self.model = model
         self.limits = limits or ChatLimits()
         self.image = load_image(image) if image is not None else None
@@ -194,21 +195,21 @@ class ChatSession:
     def _check_masks(self, masks: Mapping[int, np.ndarray] | np.ndarray) -> dict[int, np.ndarray]:
         if not isinstance(masks, Mapping):
             if self.modality == "video":
-                raise ValueError("In a clip, give an object's masks as {frame index: mask}")
+                raise InputError("In a clip, give an object's masks as {frame index: mask}")
             masks = {0: masks}
         checked = {}
         for index, mask in masks.items():
             if int(index) not in self.frames:
                 if self.modality == "image":
-                    raise ValueError(f"An image has only frame 0; this mask is on frame {index}")
+                    raise InputError(f"An image has only frame 0; this mask is on frame {index}")
                 listed = ", ".join(str(f) for f in sorted(self.frames))
-                raise ValueError(f"Frame {index} is not one of the clip's sampled frames ({listed})")
+                raise InputError(f"Frame {index} is not one of the clip's sampled frames ({listed})")
             binary = frame_mask(mask, self.frames[int(index)].shape[:2], "The mask")
             if binary.any():
                 self.model.check_object_mask(binary, "This object")
                 checked[int(index)] = binary
         if not checked:
-            raise ValueError("The object's mask is empty: mark at least one pixel")
+            raise InputError("The object's mask is empty: mark at least one pixel")
         return checked
 
     def add_object(
@@ -263,7 +264,7 @@ class ChatSession:
         for obj in self.objects:
             if obj.id == object_id:
                 return obj
-        raise ValueError(f"<object{object_id}> is not a marked object")
+        raise InputError(f"<object{object_id}> is not a marked object")
 
     # ------------------------------------------------------------------ rules
 
@@ -373,7 +374,7 @@ class ChatSession:
     def prepare(self, exchange: Exchange) -> Prepared:
         """Check the request and build the model input; raises ValueError before any network runs."""
         if not self.objects:
-            raise ValueError("Mark an object first: the model answers questions about marked objects")
+            raise InputError("Mark an object first: the model answers questions about marked objects")
         regions = self._regions()
         prepared = self.model.prepare(
             turns=self._turns(exchange), regions=regions, seed=exchange.settings.seed, **self._media(regions)
@@ -451,7 +452,7 @@ class ChatSession:
         """Ask about the objects (`<object1>` ...); yields the answer as it is generated."""
         question = question.strip()
         if not question:
-            raise ValueError("The question is empty: type a question about the marked objects")
+            raise InputError("The question is empty: type a question about the marked objects")
         self.limits.check_question(question)
         pieces = parse_question(question, [obj.id for obj in self.objects])
         settings = settings or GenerationSettings()
@@ -472,7 +473,7 @@ class ChatSession:
     def regenerate(self, settings: GenerationSettings | None = None) -> Iterator[Reply]:
         """Answer the last question again (with new settings, e.g. another seed)."""
         if not self.history:
-            raise ValueError("There is no answer to regenerate")
+            raise InputError("There is no answer to regenerate")
         settings = settings or self.history[-1].settings
         self.limits.check_new_tokens(settings.max_new_tokens)
         last = self.history.pop()

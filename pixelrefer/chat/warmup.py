@@ -31,6 +31,7 @@ from ..engines.transformers_engine import TransformersEngine
 from ..model.cache import FeatureCache, PrefixCache
 from ..model.inference import Embedded, PixelRefer
 from ..model.processing import Turn
+from ..runtime.errors import InputError, Stopped
 
 if TYPE_CHECKING:
     from .session import ChatSession
@@ -42,7 +43,7 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Cancelled(Exception):
+class Cancelled(Stopped):
     """The session changed or closed while its warm-up ran; the work is dropped."""
 
 
@@ -218,7 +219,7 @@ class _Job:
             prepared = model.prepare(turns=plan.turns, regions=plan.regions, seed=plan.seed, **plan.media)
             context = int(getattr(model.config, "max_position_embeddings", 32768))
             session.limits.check_prompt(prepared.lm_length, 1, context)
-        except ValueError as exc:
+        except InputError as exc:
             return WarmReport(reason=f"skipped: {exc}")
         timings["prepare_s"] = time.perf_counter() - mark
         self.checkpoint()

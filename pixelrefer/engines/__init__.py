@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from ..runtime.errors import InputError
 from .base import DecodeEngine, DecodeRequest, EngineUnavailable
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def build_engine(
 
         return TransformersEngine(model.model, model.generation_config, model._lock)
     if name != "vllm":
-        raise ValueError(f"Unknown engine '{name}': use {' or '.join(ENGINES)}")
+        raise InputError(f"Unknown engine '{name}': use {' or '.join(ENGINES)}")
     from .export import export_llm
     from .vllm_engine import VllmEngine
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..runtime.errors import InputError
+
 __all__ = ["ChatLimits", "LimitExceeded", "MediaLimits", "MediaRejected", "pixel_refusal"]
 
 
-class MediaRejected(ValueError):
+class MediaRejected(InputError):
     """The upload breaks a limit that trimming cannot fix, or is not a usable clip; the message says why."""
 
 
-class LimitExceeded(ValueError):
+class LimitExceeded(InputError):
     """A request goes over a configured limit; the message names the limit, the request's value and the excess."""
 
 

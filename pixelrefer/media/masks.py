@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from ..runtime.errors import InputError
+
 __all__ = [
     "EmptyMaskError",
     "MaskSet",
@@ -69,7 +71,7 @@ _RLE_FORMAT = "pixelrefer-coco-rle/1"
 _ZIP_MANIFEST = "manifest.json"
 
 
-class EmptyMaskError(ValueError):
+class EmptyMaskError(InputError):
     """A mask has no foreground pixels left, so there is no object to pass on."""
 
 
@@ -89,9 +91,9 @@ def to_bool_mask(mask: Any) -> np.ndarray:
         elif array.shape[2] == 3:
             array = (np.asarray(array) > 0).any(axis=2)
         else:
-            raise ValueError(f"A mask with {array.shape[2]} channels is not understood (use 1, 3 or 4)")
+            raise InputError(f"A mask with {array.shape[2]} channels is not understood (use 1, 3 or 4)")
     if array.ndim != 2:
-        raise ValueError(f"A mask must be HxW (got shape {array.shape})")
+        raise InputError(f"A mask must be HxW (got shape {array.shape})")
     if array.dtype == bool:
         return array.copy()
     if np.issubdtype(array.dtype, np.integer):
@@ -99,10 +101,10 @@ def to_bool_mask(mask: Any) -> np.ndarray:
         return array > 0 if top <= 1 else array >= 128
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
-            raise ValueError("A mask must not contain NaN or infinite values")
+            raise InputError("A mask must not contain NaN or infinite values")
         top = float(array.max()) if array.size else 0.0
         return array >= 0.5 if top <= 1.0 else array >= 127.5
-    raise ValueError(f"A mask of dtype {array.dtype} is not understood")
+    raise InputError(f"A mask of dtype {array.dtype} is not understood")
 
 
 def default_min_area(shape: Sequence[int]) -> int:

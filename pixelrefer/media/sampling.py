@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..runtime.errors import InputError
+
 __all__ = ["FOLDER_FPS", "FrameSample", "frame_time", "sample_frames"]
 
 FOLDER_FPS = 3
@@ -93,15 +95,15 @@ def sample_frames(
     `load_video_from_ids`); `native_fps` is ignored.
     """
     if n_frames <= 0:
-        raise ValueError("The clip has no frames")
+        raise InputError("The clip has no frames")
     if max_frames <= 0:
-        raise ValueError("max_frames must be positive")
+        raise InputError("max_frames must be positive")
     if fps <= 0:
-        raise ValueError("fps must be positive")
+        raise InputError("fps must be positive")
     if source == "folder":
         return _folder_rule(n_frames, fps, max_frames)
     if source == "file":
         if not native_fps or native_fps <= 0:
-            raise ValueError("A video file needs its frame rate to be sampled")
+            raise InputError("A video file needs its frame rate to be sampled")
         return _file_rule(n_frames, native_fps, fps, max_frames, start_time)
-    raise ValueError(f"Unknown frame source '{source}': use 'file' or 'folder'")
+    raise InputError(f"Unknown frame source '{source}': use 'file' or 'folder'")

@@ -27,6 +27,7 @@ from moviepy.video.io.ffmpeg_reader import FFmpegInfosParser
 from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
 from PIL import Image
 
+from ..runtime.errors import InputError
 from .limits import MediaLimits, MediaRejected
 from .masks import ObjectId, mask_bbox, object_color, to_bool_mask
 from .sampling import FrameSample, sample_frames
@@ -323,7 +324,7 @@ def read_frames(
     if not indices:
         return []
     if min(indices) < 0:
-        raise ValueError("Frame indices are never negative")
+        raise InputError("Frame indices are never negative")
     source = Path(path)
     demuxer = _demuxer(source)
     if size is None:

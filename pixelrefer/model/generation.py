@@ -24,6 +24,7 @@ from transformers.generation import (
     TopPLogitsWarper,
 )
 
+from ..runtime.errors import InputError, Stopped
 from .cache import PrefixCache
 
 __all__ = [
@@ -41,7 +42,7 @@ OFFICIAL_DEFAULT_TOP_K = 50
 """GenerationConfig's top_k default in transformers 4.46.3, the version the official code pins (5.x has None)."""
 
 
-class GenerationTimeout(RuntimeError):
+class GenerationTimeout(Stopped):
     """Decoding ran past its time budget; the tokens so far are kept."""
 
 
@@ -63,11 +64,11 @@ class GenerationSettings:
             # Sampling at temperature 0 is greedy decoding; say so instead of dividing by zero.
             object.__setattr__(self, "do_sample", False)
         if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
+            raise InputError("max_new_tokens must be at least 1")
         if self.temperature is not None and self.temperature < 0:
-            raise ValueError("temperature must not be negative")
+            raise InputError("temperature must not be negative")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+            raise InputError("top_p must be in (0, 1]")
 
 
 def build_logits_processors(settings: GenerationSettings, config: GenerationConfig) -> LogitsProcessorList:

@@ -25,6 +25,7 @@ from ..engines.base import DecodeEngine, DecodeRequest
 from ..engines.transformers_engine import TransformersEngine
 from ..media.images import ImageInput, load_image
 from ..media.masks import to_bool_mask
+from ..runtime.errors import InputError
 from .cache import FeatureCache, PrefixCache, content_key
 from .config import PixelReferConfig, Variant
 from .generation import GenerationSettings, GenerationTimeout, TextStream, eos_token_ids
@@ -152,10 +153,10 @@ def frame_mask(mask: MaskInput, shape: tuple[int, int], label: str) -> np.ndarra
         array = array[0]
     try:
         binary = to_bool_mask(array)
-    except ValueError as exc:
-        raise ValueError(f"{label}: {exc}") from exc
+    except InputError as exc:
+        raise InputError(f"{label}: {exc}") from exc
     if binary.shape != tuple(shape):
-        raise ValueError(
+        raise InputError(
             f"{label} is {binary.shape[1]}x{binary.shape[0]} but its frame is {shape[1]}x{shape[0]} (width x height)"
         )
     return binary
@@ -224,7 +225,7 @@ class PixelRefer:
         names = {"im_start": "<|im_start|>", "im_end": "<|im_end|>", "image": "<image>", "region": "<REGION>"}
         missing = [token for token in names.values() if token not in vocab]
         if missing:
-            raise ValueError(f"The tokenizer lacks the tokens {', '.join(missing)}")
+            raise InputError(f"The tokenizer lacks the tokens {', '.join(missing)}")
         return SpecialIds(**{key: vocab[token] for key, token in names.items()})
 
     @property
@@ -257,17 +258,17 @@ class PixelRefer:
 
     def _media(self, image: ImageInput | None, video: Video | None) -> _Media:
         if (image is None) == (video is None):
-            raise ValueError("Give exactly one of image= or video=")
+            raise InputError("Give exactly one of image= or video=")
         if image is not None:
             frame = load_image(image)
             return _Media("image", [frame], None, {0: frame}, None)
         assert video is not None
         if len(video.frames) != len(video.timestamps):
-            raise ValueError("A video needs one timestamp per frame")
+            raise InputError("A video needs one timestamp per frame")
         if self.variant == "full" and not video.frames:
-            raise ValueError("The clip has no frames")
+            raise InputError("The clip has no frames")
         if not video.fps or video.fps <= 0:
-            raise ValueError("A video needs its native frame rate (fps)")
+            raise InputError("A video needs its native frame rate (fps)")
         frames = [load_image(f) for f in video.frames]
         annotated = {int(i): load_image(f) for i, f in video.annotated.items()}
         return _Media("video", frames, [float(t) for t in video.timestamps], annotated, float(video.fps))
@@ -280,20 +281,20 @@ class PixelRefer:
             elif media.modality == "image":
                 by_frame = {0: region}
             else:
-                raise ValueError(f"Object {number}: in a video, give its masks as {{frame index: mask}}")
+                raise InputError(f"Object {number}: in a video, give its masks as {{frame index: mask}}")
             masks = []
             for frame_index in sorted(by_frame):
                 if frame_index not in media.annotated:
                     where = "the image" if media.modality == "image" else "the annotated frames"
-                    raise ValueError(f"Object {number} has a mask on frame {frame_index}, which {where} lack")
+                    raise InputError(f"Object {number} has a mask on frame {frame_index}, which {where} lack")
                 frame = media.annotated[frame_index]
                 mask = frame_mask(by_frame[frame_index], frame.shape[:2], f"The mask of object {number}")
                 if mask.any():
                     masks.append((frame_index, mask))
             if not masks:
-                raise ValueError(f"Object {number} has no pixels: its mask is empty")
+                raise InputError(f"Object {number} has no pixels: its mask is empty")
             if self.variant == "full" and len(masks) > 1:
-                raise ValueError(
+                raise InputError(
                     f"Object {number} has masks on {len(masks)} frames; the full model takes one mask per object"
                 )
             objects.append(masks)
@@ -352,7 +353,7 @@ class PixelRefer:
             crops = [plan_crop(media.annotated[f], m, self.variant, k) for f, m in masks]
             for (frame_index, _), crop in zip(masks, crops, strict=True):
                 if crop.n_cells == 0:
-                    raise ValueError("An object is too thin to cover any cell of its crop grid")
+                    raise InputError("An object is too thin to cover any cell of its crop grid")
                 if self.variant == "lite":
                     crop.local_view = first_local.setdefault(frame_index, crop.local_view)
                     crop.global_view = global_view(media.annotated[frame_index])
@@ -362,9 +363,9 @@ class PixelRefer:
             frames = [f for f, _ in masks]
             try:
                 pixels = self._preprocess_crops([c.crop for c in crops], n_masks)
-            except ValueError as exc:
+            except InputError as exc:
                 # The crop around a long, thin object is scaled up, past what the vision encoder takes.
-                raise ValueError(f"Object {number} is too long and thin to be encoded: {exc}") from exc
+                raise InputError(f"Object {number} is too long and thin to be encoded: {exc}") from exc
             if media.modality == "video" and self.variant == "lite":
                 runs = tuple((f / media.fps, k) for f in frames)
             else:
@@ -410,7 +411,7 @@ class PixelRefer:
         objects = self._objects(media, regions)
         self._check_object_plans(objects)
         if (instruction is None) == (turns is None):
-            raise ValueError("Give exactly one of instruction= or turns=")
+            raise InputError("Give exactly one of instruction= or turns=")
         if turns is None:
             pieces = (
                 parse_instruction(instruction, len(objects), media.modality)
@@ -435,7 +436,7 @@ class PixelRefer:
         )
         unused = sorted(set(range(len(object_plans))) - set(prompt.object_order))
         if unused:
-            raise ValueError(f"The instruction never refers to object {unused[0] + 1}")
+            raise InputError(f"The instruction never refers to object {unused[0] + 1}")
         return Prepared(self.variant, prompt, media_plan, object_plans)
 
     # ------------------------------------------------------------------ networks

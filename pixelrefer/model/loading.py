@@ -32,6 +32,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from ..runtime.devices import GIB, Placement, PlacementError, plan_loading, visible_gpus
+from ..runtime.errors import InputError
 from ..runtime.hub import WeightsUnavailable, is_hub_id, resolve_source
 from .config import PixelReferConfig
 from .modeling import PixelReferForCausalLM
@@ -96,13 +97,13 @@ def read_config(folder: Path, *, token: str | None = None) -> PixelReferConfig:
         raise WeightsUnavailable(str(folder.name), "the folder has no config.json")
     model_type = json.loads(config_path.read_text()).get("model_type")
     if model_type not in ("pixelrefer_qwen2", "pixelreferlite_qwen2"):
-        raise ValueError(
+        raise InputError(
             f"'{folder.name}' is not a PixelRefer checkpoint (model_type {model_type!r}; expected "
             "pixelrefer_qwen2 or pixelreferlite_qwen2)"
         )
     config = AutoConfig.from_pretrained(folder)
     if not config.mm_vision_encoder:
-        raise ValueError("The config names no mm_vision_encoder")
+        raise InputError("The config names no mm_vision_encoder")
     try:
         vision_folder = resolve_source(
             config.mm_vision_encoder,
@@ -185,7 +186,7 @@ def _quantization_config(quantization: Quantization, dtype: torch.dtype) -> Bits
             bnb_4bit_compute_dtype=dtype,
             llm_int8_skip_modules=UNQUANTIZED_MODULES,
         )
-    raise ValueError(f"Unknown quantization '{quantization}': use none, 8bit or 4bit")
+    raise InputError(f"Unknown quantization '{quantization}': use none, 8bit or 4bit")
 
 
 @contextmanager
@@ -221,7 +222,7 @@ def _strict(info: dict, config: PixelReferConfig) -> None:
     if mismatched:
         problems.append("tensors of the wrong shape: " + ", ".join(sorted(mismatched)[:10]))
     if problems:
-        raise ValueError("The checkpoint does not match the model: " + "; ".join(problems))
+        raise InputError("The checkpoint does not match the model: " + "; ".join(problems))
 
 
 def load_checkpoint(
@@ -237,7 +238,7 @@ def load_checkpoint(
     if quantization in ("none", ""):
         quantization = None
     if quantization not in (None, "8bit", "4bit"):
-        raise ValueError(f"Unknown quantization '{quantization}': use none, 8bit or 4bit")
+        raise InputError(f"Unknown quantization '{quantization}': use none, 8bit or 4bit")
     folder = resolve_source(source, allow_patterns=_CHECKPOINT_PATTERNS, token=token)
     _check_files(folder, str(source))
     config = read_config(folder, token=token)
@@ -263,12 +264,12 @@ def load_checkpoint(
             )
         except pickle.UnpicklingError as exc:
             # torch's own message suggests weights_only=False, which is exactly what must not be done.
-            raise ValueError(
+            raise InputError(
                 f"Cannot load '{source}': a pytorch_model*.bin file holds objects other than tensors, so it "
                 "was refused (weights are only read as plain tensors); use a safetensors checkpoint"
             ) from exc
         except (TypeError, AttributeError, KeyError, IndexError) as exc:
-            raise ValueError(
+            raise InputError(
                 f"Cannot load '{source}': its weight files are not a mapping of tensor names to tensors "
                 f"({type(exc).__name__})"
             ) from exc

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import Qwen2ForCausalLM, Qwen2Model, VideoLlama3VisionConfig
 from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
 
+from ..runtime.errors import InputError
 from .config import PixelReferConfig
 from .objects import ObjectTokenizer
 from .vision import VisionTower
@@ -43,11 +44,11 @@ class PixelReferModel(Qwen2Model):
         if isinstance(vision_config, dict):
             vision_config = VideoLlama3VisionConfig(**vision_config)
         if vision_config is None:
-            raise ValueError(
+            raise InputError(
                 "The config has no vision_config; load the model through PixelRefer.from_pretrained"
             )
         if config.mm_projector_type != "mlp2x_gelu":
-            raise ValueError(f"Unsupported mm_projector_type '{config.mm_projector_type}' (only mlp2x_gelu)")
+            raise InputError(f"Unsupported mm_projector_type '{config.mm_projector_type}' (only mlp2x_gelu)")
         self.vision_encoder = VisionTower(vision_config)
         self.mm_projector = Projector(vision_config.hidden_size, config.hidden_size)
         self.region_encoder = ObjectTokenizer(config, vision_config.hidden_size)

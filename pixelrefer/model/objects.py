@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..media.limits import LimitExceeded
+from ..runtime.errors import InputError
 from .config import PixelReferConfig, Variant
 
 __all__ = [
@@ -127,7 +128,7 @@ def _plan_lite(mask: np.ndarray, mask_num: int) -> CropPlan:
 def crop_plan(mask: np.ndarray, variant: Variant, mask_num: int) -> CropPlan:
     """The crop one non-empty boolean mask would get, from its box and area alone: nothing is allocated."""
     if not mask.any():
-        raise ValueError("The mask is empty")
+        raise InputError("The mask is empty")
     return _plan_full(mask, mask_num) if variant == "full" else _plan_lite(mask, mask_num)
 
 
@@ -148,7 +149,7 @@ def _crop_full(frame: np.ndarray, mask: np.ndarray, plan: CropPlan, mask_num: in
     height, width = frame.shape[:2]
     top, left, bottom, right = plan.top, plan.left, plan.bottom, plan.right
     if bottom == top or right == left:
-        raise ValueError("The mask touches only the last row or column of the frame; it cannot be cropped")
+        raise InputError("The mask touches only the last row or column of the frame; it cannot be cropped")
     crop = frame[top:bottom, left:right]
     crop_mask = mask[top:bottom, left:right]
     resized = cv2.resize(np.ascontiguousarray(crop), (plan.out_w, plan.out_h))

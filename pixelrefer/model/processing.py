@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from ..runtime.errors import InputError
 from .config import Variant
 
 __all__ = [
@@ -106,7 +107,7 @@ def parse_instruction(text: str, n_objects: int, modality: Modality) -> tuple[Pi
     tag = "<image>" if modality == "image" else "<video>"
     placeholders = len(_REGION.findall(text))
     if placeholders != n_objects:
-        raise ValueError(
+        raise InputError(
             f"The instruction has {placeholders} <region> placeholder(s) but {n_objects} object(s) were given"
         )
     pieces: list[Piece] = []
@@ -212,7 +213,7 @@ def render_prompt(
     `encode(text) -> list[int]` must encode plain text with special-token parsing disabled.
     """
     if not turns or turns[-1].role != "user":
-        raise ValueError("The conversation must end with a user turn")
+        raise InputError("The conversation must end with a user turn")
     keep_media = variant == "full"
     has_tag = any(MEDIA in turn.pieces for turn in turns if turn.role == "user")
     out = _Ids(encode)
@@ -230,12 +231,12 @@ def render_prompt(
             for item in _content_items(pieces, keep_media):
                 if item is MEDIA:
                     if media_placed:
-                        raise ValueError("The media can appear only once in a conversation")
+                        raise InputError("The media can appear only once in a conversation")
                     media_placed = True
                     _render_media(out, media, specials)
                 elif isinstance(item, ObjectRef):
                     if not 0 <= item.index < len(objects):
-                        raise ValueError(
+                        raise InputError(
                             f"The instruction refers to object {item.index + 1}, which does not exist"
                         )
                     order.append(item.index)

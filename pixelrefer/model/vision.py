@@ -28,6 +28,8 @@ from transformers.models.video_llama_3.image_processing_pil_video_llama_3 import
     VideoLlama3ImageProcessorPil,
 )
 
+from ..runtime.errors import InputError
+
 __all__ = [
     "PATCH_SIZE",
     "FrameBatchedAttention",
@@ -61,7 +63,7 @@ def vision_config_from_dict(raw: dict) -> VideoLlama3VisionConfig:
     values = raw.get("vision_config", raw) if isinstance(raw.get("vision_config"), dict) else raw
     missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in values]
     if missing:
-        raise ValueError(f"The vision encoder config lacks {', '.join(missing)}")
+        raise InputError(f"The vision encoder config lacks {', '.join(missing)}")
     return VideoLlama3VisionConfig(**{k: values[k] for k in _VISION_FIELDS if k in values})
 
 
@@ -87,7 +89,7 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         height = round(scale * height)
     elif max(height, width) / min(height, width) > 200:
         ratio = max(height, width) / min(height, width)
-        raise ValueError(
+        raise InputError(
             f"The picture is too elongated for the vision encoder ({width}x{height} pixels, {ratio:.0f}:1; "
             "it takes at most 200:1)"
         )
@@ -102,7 +104,7 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     if h_bar <= 0 or w_bar <= 0:
-        raise ValueError(f"The image ({width}x{height}) is too small to be resized for the vision encoder")
+        raise InputError(f"The image ({width}x{height}) is too small to be resized for the vision encoder")
     return h_bar, w_bar
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
+
 __all__ = [
     "CPU_BF16_FEATURES",
     "GpuInfo",
@@ -39,7 +41,7 @@ _DTYPES = {
 }
 
 
-class PlacementError(ValueError):
+class PlacementError(InputError):
     """The request cannot be served on this machine; the message says why and what would work."""
 
 

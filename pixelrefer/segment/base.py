@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from ..media.masks import EmptyMaskError, ObjectId, clean_mask, to_bool_mask
+from ..runtime.errors import InputError, Stopped
 
 __all__ = [
     "MAX_SCRIBBLE_POINTS",
@@ -44,11 +45,11 @@ Tracks = dict[ObjectId, dict[int, np.ndarray]]
 """What tracking returns: a bool HxW mask per object, per frame position."""
 
 
-class PromptError(ValueError):
+class PromptError(InputError):
     """The marks cannot be used as given; the message says what to change."""
 
 
-class TrackingCancelled(RuntimeError):
+class TrackingCancelled(Stopped):
     """A tracking run stopped because its cancel event was set; nothing partial is returned."""
 
 
@@ -215,7 +216,7 @@ def scribble_mask(scribble: Any) -> SegmentResult:
 def _check_image(image: np.ndarray) -> np.ndarray:
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"Expected an HxWx3 uint8 RGB image, got {array.dtype} {array.shape}")
+        raise InputError(f"Expected an HxWx3 uint8 RGB image, got {array.dtype} {array.shape}")
     return np.ascontiguousarray(array)
 
 
@@ -258,10 +259,10 @@ class Segmenter(ABC):
         """
         arrays = [_check_image(frame) for frame in frames]
         if not arrays:
-            raise ValueError("No frames to track through")
+            raise InputError("No frames to track through")
         shape = arrays[0].shape
         if any(frame.shape != shape for frame in arrays):
-            raise ValueError("All frames of a clip must have the same size")
+            raise InputError("All frames of a clip must have the same size")
         if not prompts:
             raise PromptError("Mark at least one object before tracking")
         for object_id, marks in prompts.items():

@@ -35,6 +35,7 @@ from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoSegmenta
 
 from ..media.masks import ObjectId, clean_mask
 from ..runtime.devices import PlacementError, resolve_dtype, visible_gpus
+from ..runtime.errors import InputError
 from ..runtime.hub import resolve_source
 from .base import Progress, Prompt, Segmenter, SegmentResult, Tracks, rank_candidates
 
@@ -134,7 +135,7 @@ def sam21_config(size: str, *, image_size: int = 1024) -> Sam2VideoConfig:
     Used to build random-weight models of the real shapes, e.g. for benchmarks without downloads.
     """
     if size not in _HIERA:
-        raise ValueError(f"Unknown SAM 2.1 size '{size}': use one of {', '.join(_HIERA)}")
+        raise InputError(f"Unknown SAM 2.1 size '{size}': use one of {', '.join(_HIERA)}")
     spec = _HIERA[size]
     backbone = {
         "model_type": "sam2_hiera_det_model",

@@ -23,6 +23,7 @@ from ..media.images import ImageError, check_image_file
 from ..media.limits import MediaLimits, MediaRejected
 from ..media.masks import load_mask_png
 from ..media.video import overlay_image, probe_video, read_frames
+from ..runtime.errors import InputError
 
 __all__ = [
     "DEFAULT_EXAMPLES_DIR",
@@ -42,7 +43,7 @@ _OBJECT_TAG = re.compile(r"<object(\d+)>")
 _KINDS = ("image", "video")
 
 
-class ExampleError(ValueError):
+class ExampleError(InputError):
     """The examples manifest or one of its files is wrong; the message names the entry and the file."""
 
 

@@ -26,6 +26,7 @@ from ..model.inference import PixelRefer
 from ..model.loading import estimate_weight_bytes
 from ..model.synthetic import RELEASES, TINY, build_checkpoint, config_for
 from ..runtime.devices import GIB, visible_gpus
+from ..runtime.errors import InputError
 from ..runtime.hub import WeightsUnavailable
 from ..segment.base import Segmenter
 from ..segment.build import load_segmenter
@@ -231,7 +232,7 @@ def _release_estimate(source: str, dtype: torch.dtype, quantization: str | None)
     return estimate_weight_bytes(config_for(variant, shape), dtype, quantization) / GIB
 
 
-class SwitchRefused(ValueError):
+class SwitchRefused(InputError):
     """A visitor asked to switch the model on a server whose operator did not allow it."""
 
 

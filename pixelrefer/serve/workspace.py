@@ -26,6 +26,7 @@ from ..media.images import load_image
 from ..media.masks import clean_mask, export_png_zip, export_rle_json, object_color, to_bool_mask
 from ..media.video import Clip, load_clip, overlay_image, write_overlay_video
 from ..model.generation import GenerationSettings
+from ..runtime.errors import InputError
 from ..segment.base import Prompt, PromptError, SegmentResult, scribble_mask
 from .service import Service
 
@@ -150,7 +151,7 @@ class Workspace:
         if self.image is not None:
             return self.image
         if self.clip is None:
-            raise ValueError("Upload an image or a clip first")
+            raise InputError("Upload an image or a clip first")
         return self.clip.frames[self.position]
 
     @property
@@ -206,7 +207,7 @@ class Workspace:
 
     def _require_media(self) -> None:
         if self.kind == "none":
-            raise ValueError("Upload an image or a clip first")
+            raise InputError("Upload an image or a clip first")
 
     def _stored_prompt(self) -> Prompt:
         if self.target is None:
@@ -246,7 +247,7 @@ class Workspace:
             )
             return self._segment(prompt)
         if mode not in ("positive", "negative"):
-            raise ValueError(f"Unknown marking mode {mode!r}")
+            raise InputError(f"Unknown marking mode {mode!r}")
         prompt = self.draft.prompt.with_point(x, y, positive=mode == "positive")
         if not prompt.has_object_marks:
             self.draft = _Draft(prompt)
@@ -272,7 +273,7 @@ class Workspace:
         """Turn the draft mask into a new object, or into the selected object's mask on this frame."""
         result = self.draft.result
         if result is None:
-            raise ValueError("Mark the object first (click on it, draw a box or paint over it)")
+            raise InputError("Mark the object first (click on it, draw a box or paint over it)")
         mask = result.require()
         session = self._session()
         if self.target is None:
@@ -307,10 +308,10 @@ class Workspace:
     def track(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Follow every object through all sampled frames from the frames it was marked on."""
         if self.clip is None:
-            raise ValueError("Tracking needs a clip")
+            raise InputError("Tracking needs a clip")
         session = self._session()
         if not session.objects:
-            raise ValueError("Mark at least one object before tracking")
+            raise InputError("Mark at least one object before tracking")
         segmenter = self.service.segmenter
         prompts = {}
         for obj in session.objects:
@@ -333,7 +334,7 @@ class Workspace:
     def overlay_png(self) -> Path:
         """The image with every object drawn on it, as a PNG."""
         if self.image is None:
-            raise ValueError("Only images have an overlay picture; a clip's overlay is a video")
+            raise InputError("Only images have an overlay picture; a clip's overlay is a video")
         session = self._session()
         masks = {obj.id: obj.masks[0] for obj in session.objects if 0 in obj.masks}
         colors = {obj.id: obj.color_index for obj in session.objects}
@@ -345,7 +346,7 @@ class Workspace:
     def overlay_video(self) -> Path:
         """The clip with every object drawn on every sampled frame, as a browser-playable mp4."""
         if self.clip is None:
-            raise ValueError("Only clips have an overlay video")
+            raise InputError("Only clips have an overlay video")
         session = self._session()
         masks = {
             obj.id: {p: obj.masks[f] for p, f in enumerate(self.clip.indices) if f in obj.masks}
@@ -425,7 +426,7 @@ class Workspace:
 
     def _session(self) -> ChatSession:
         if self.session is None:
-            raise ValueError("Upload an image or a clip first")
+            raise InputError("Upload an image or a clip first")
         return self.session
 
     def ask(self, question: str, settings: GenerationSettings) -> Iterator[Reply]:
@@ -455,12 +456,12 @@ class Workspace:
 
     def export_masks_zip(self) -> Path:
         if not self._session().objects:
-            raise ValueError("There are no objects to export")
+            raise InputError("There are no objects to export")
         return self._written(export_png_zip(self._mask_set(), self.folder / "masks.zip"))
 
     def export_masks_json(self) -> Path:
         if not self._session().objects:
-            raise ValueError("There are no objects to export")
+            raise InputError("There are no objects to export")
         return self._written(export_rle_json(self._mask_set(), self.folder / "masks_coco_rle.json"))
 
     def export_transcript(self, fmt: str) -> Path:
