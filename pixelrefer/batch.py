@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import cv2
 import numpy as np
 
 from .chat.session import ChatSession
 from .media.images import load_image
 from .media.limits import ChatLimits, MediaLimits
+from .media.masks import fit_mask as fit_frame_mask
 from .media.masks import load_mask_png, mask_from_rle, to_bool_mask
 from .model.generation import GenerationSettings
 from .model.inference import PixelRefer
@@ -104,16 +104,14 @@ def read_items(path: Path) -> list[BatchItem]:
     return items
 
 
-def fit_mask(mask: np.ndarray, shape: tuple[int, int], what: str) -> np.ndarray:
-    """A mask of the frame's size: a clip's frames may have been shrunk, so a mask of the same ratio follows."""
-    if mask.shape == tuple(shape):
-        return mask
-    same_ratio = abs(mask.shape[0] * shape[1] - mask.shape[1] * shape[0]) <= max(mask.shape)
-    if not same_ratio:
-        raise ItemError(
-            f"{what} is {mask.shape[1]}x{mask.shape[0]} but its frame is {shape[1]}x{shape[0]} (width x height)"
-        )
-    return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+def fit_mask(
+    mask: np.ndarray, shape: tuple[int, int], what: str, source_shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A mask of its frame's size by the library's one rule (`pixelrefer.media.masks.fit_mask`), as an ItemError."""
+    try:
+        return fit_frame_mask(mask, shape, source_shape=source_shape, what=what)
+    except InputError as exc:
+        raise ItemError(str(exc)) from exc
 
 
 def _inside(base: Path, relative: Any, what: str) -> Path:
@@ -200,7 +198,10 @@ def load_item(item: BatchItem, base: Path, limits: MediaLimits | None = None) ->
             if not str(key).isdigit():
                 raise ItemError(f"object {number}: frame '{key}' is not a frame index")
             by_frame[int(key)] = fit_mask(
-                _mask(spec, base, f"object {number}'s mask on frame {key}"), shape, "a mask"
+                _mask(spec, base, f"object {number}'s mask on frame {key}"),
+                shape,
+                "a mask",
+                clip.source_shape,
             )
         loaded.append((by_frame, marked))
     wanted = sorted({f for masks, _ in loaded for f in masks} - set(clip.indices))

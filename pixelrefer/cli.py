@@ -143,21 +143,16 @@ def _existing(path: str, what: str) -> Path:
     return resolved
 
 
-def _fit(mask, shape: tuple[int, int], path: str, *, resize: bool):
-    """A mask of the frame's size; a clip's frames may have been shrunk, so its masks follow (nearest)."""
-    import cv2
-    import numpy as np
+def _fit(mask, shape: tuple[int, int], path: str, source_shape: tuple[int, int] | None = None):
+    """A mask of its frame's size, by the library's one rule (`pixelrefer.media.masks.fit_mask`)."""
+    from .media.masks import fit_mask
 
     if not mask.any():
         raise CliError(f"mask {path}: the mask is empty: mark at least one pixel")
-    if mask.shape == tuple(shape):
-        return mask
-    same_ratio = abs(mask.shape[0] * shape[1] - mask.shape[1] * shape[0]) <= max(mask.shape)
-    if resize and same_ratio:
-        return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
-    raise CliError(
-        f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its frame is {shape[1]}x{shape[0]} (width x height)"
-    )
+    try:
+        return fit_mask(mask, shape, source_shape=source_shape, what=f"mask {path}")
+    except InputError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _read_inputs(args: argparse.Namespace):
@@ -175,7 +170,7 @@ def _read_inputs(args: argparse.Namespace):
     try:
         if args.image:
             image = load_image(_existing(args.image, "image"))
-            objects = [{0: _fit(mask_at(path), image.shape[:2], path, resize=False)} for path in args.mask]
+            objects = [{0: _fit(mask_at(path), image.shape[:2], path)} for path in args.mask]
             return {"image": image}, objects
         from .media.video import load_clip, load_frame_folder, read_frames
 
@@ -192,7 +187,8 @@ def _read_inputs(args: argparse.Namespace):
         number = int(match["object"]) if match["object"] else len(objects) + 1
         if number < 1:
             raise CliError(f"object numbers start at 1; got {spec!r}")
-        mask = _fit(mask_at(match["path"]), frame_shape, match["path"], resize=True)
+        mask = _fit(mask_at(match["path"]), frame_shape, match["path"], clip.source_shape)
+
         objects.setdefault(number, {})[int(match["frame"])] = mask
     if sorted(objects) != list(range(1, len(objects) + 1)):
         raise CliError(f"objects must be numbered 1..{len(objects)} without gaps; got {sorted(objects)}")

@@ -204,7 +204,9 @@ class ChatSession:
                     raise InputError(f"An image has only frame 0; this mask is on frame {index}")
                 listed = ", ".join(str(f) for f in sorted(self.frames))
                 raise InputError(f"Frame {index} is not one of the clip's sampled frames ({listed})")
-            binary = frame_mask(mask, self.frames[int(index)].shape[:2], "The mask")
+            source = self.clip.source_shape if self.clip is not None else None
+            binary = frame_mask(mask, self.frames[int(index)].shape[:2], "The mask", source_shape=source)
+
             if binary.any():
                 self.model.check_object_mask(binary, "This object")
                 checked[int(index)] = binary

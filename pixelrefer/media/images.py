@@ -17,13 +17,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .limits import MediaLimits, MediaRejected, pixel_refusal
+from .limits import MediaLimits, MediaRejected, fit_within, pixel_refusal
 
-__all__ = ["ImageError", "ImageInput", "check_image_file", "load_image"]
+__all__ = ["ImageError", "ImageInput", "check_image_file", "load_image", "shrink_image"]
 
 ImageInput = np.ndarray | torch.Tensor | Image.Image | str | os.PathLike | bytes
 
@@ -180,3 +181,12 @@ def load_image(
     if refusal:
         raise ImageError(refusal)
     return result
+
+
+def shrink_image(image: np.ndarray, max_side: int) -> np.ndarray:
+    """`image` shrunk by the one rule (`fit_within`) with area averaging; returned as is when it fits."""
+    height, width = image.shape[:2]
+    fitted = fit_within(width, height, max_side)
+    if fitted == (width, height):
+        return image
+    return cv2.resize(image, fitted, interpolation=cv2.INTER_AREA)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..runtime.errors import InputError
 
-__all__ = ["ChatLimits", "LimitExceeded", "MediaLimits", "MediaRejected", "pixel_refusal"]
+__all__ = ["ChatLimits", "LimitExceeded", "MediaLimits", "MediaRejected", "fit_within", "pixel_refusal"]
 
 
 class MediaRejected(InputError):
@@ -41,6 +41,27 @@ def pixel_refusal(subject: str, width: int, height: int, limit: int) -> str | No
         f"{subject} {width}x{height} = {pixels:,} pixels; the limit is {limit:,} pixels "
         f"({pixels / limit:.1f}x too many). Use a smaller picture."
     )
+
+
+def fit_within(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) of a picture shrunk so its longer side fits `max_side`: the one shrinking rule.
+
+    Images and clip frames are shrunk alike, so a mask drawn on the original follows its picture exactly
+    (`pixelrefer.media.masks.fit_mask`). Sides are rounded to the nearest even number (video encoders and
+    the scaler want even sides), never above `max_side` and never below 2 px unless already smaller (the full
+    model crops up to, not including, the last row and column, so a 1-px side has no object); a picture
+    that fits is kept.
+
+    """
+    if max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    ceiling = max(2, max_side // 2 * 2)
+
+    def side(length: int) -> int:
+        return min(length, max(2, min(ceiling, 2 * round(length * scale / 2))))
+
+    return side(width), side(height)
 
 
 @dataclass(frozen=True)
@@ -88,12 +109,8 @@ class MediaLimits:
             raise MediaRejected(message)
 
     def fit_size(self, width: int, height: int) -> tuple[int, int]:
-        """The (width, height) frames are decoded at: the original, or shrunk so the longer side fits (even sides)."""
-        longest = max(width, height)
-        if longest <= self.max_side:
-            return width, height
-        scale = self.max_side / longest
-        return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+        """The (width, height) an image or clip frame is kept at: `fit_within` this limit's `max_side`."""
+        return fit_within(width, height, self.max_side)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ __all__ = [
     "default_min_area",
     "export_png_zip",
     "export_rle_json",
+    "fit_mask",
     "import_png_zip",
     "import_rle_json",
     "load_mask_png",
@@ -105,6 +106,37 @@ def to_bool_mask(mask: Any) -> np.ndarray:
         top = float(array.max()) if array.size else 0.0
         return array >= 0.5 if top <= 1.0 else array >= 127.5
     raise InputError(f"A mask of dtype {array.dtype} is not understood")
+
+
+def fit_mask(
+    mask: Any,
+    frame_shape: Sequence[int],
+    *,
+    source_shape: Sequence[int] | None = None,
+    what: str = "The mask",
+) -> np.ndarray:
+    """`mask` as a bool array of its frame's (height, width): the one rule for a mask meeting its frame.
+
+    A mask must be drawn at its frame's size: the frame as held (`frame_shape`), or the picture as the
+    caller gave it before it was shrunk (`source_shape`), whose mask is shrunk the same way (nearest
+    neighbour) onto the held frame. Any other size is refused, even of the same aspect ratio: a mask from
+    another picture would be stretched onto pixels nobody marked.
+    """
+    try:
+        binary = to_bool_mask(mask)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from exc
+    frame = (int(frame_shape[0]), int(frame_shape[1]))
+    if binary.shape == frame:
+        return binary
+    source = None if source_shape is None else (int(source_shape[0]), int(source_shape[1]))
+    if binary.shape == source:
+        return cv2.resize(binary.astype(np.uint8), (frame[1], frame[0]), interpolation=cv2.INTER_NEAREST) > 0
+    uploaded = f" ({source[1]}x{source[0]} as uploaded)" if source not in (None, frame) else ""
+    raise InputError(
+        f"{what} is {binary.shape[1]}x{binary.shape[0]} but its frame is {frame[1]}x{frame[0]}{uploaded} "
+        "(width x height)"
+    )
 
 
 def default_min_area(shape: Sequence[int]) -> int:

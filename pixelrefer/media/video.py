@@ -84,9 +84,17 @@ class Clip:
     native_fps: float
     source: Literal["file", "folder"]
     notes: tuple[str, ...] = ()
+    source_size: tuple[int, int] | None = None
+    """(width, height) of the frames before they were shrunk (`MediaLimits.fit_size`); None if they were not."""
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    @property
+    def source_shape(self) -> tuple[int, int]:
+        """(height, width) of the frames as the caller's file holds them: a mask may be drawn at that size."""
+        width, height = self.source_size or self.size
+        return height, width
 
     @property
     def size(self) -> tuple[int, int]:
@@ -435,7 +443,8 @@ def load_clip(
         sample = _sample(min(cut.decoded, n_frames), info, fps, cap, sampling)
         frames = read_frames(info.path, sample.indices, size=decode_size)
     notes += sampling
-    return Clip(tuple(frames), sample.indices, sample.timestamps, info.fps, "file", tuple(notes))
+    source_size = (info.width, info.height) if decode_size else None
+    return Clip(tuple(frames), sample.indices, sample.timestamps, info.fps, "file", tuple(notes), source_size)
 
 
 def load_frame_folder(
@@ -470,6 +479,7 @@ def load_frame_folder(
     cap = min(max_frames, limits.max_frames)
     sample = sample_frames(n_frames, source="folder", fps=fps, max_frames=cap)
     frames = []
+    source_size = None
     for index in sample.indices:
         with Image.open(source / names[index]) as image:
             frame = np.asarray(image.convert("RGB"))
@@ -477,11 +487,14 @@ def load_frame_folder(
         fitted = limits.fit_size(width, height)
         if fitted != (width, height):
             frame = cv2.resize(frame, fitted, interpolation=cv2.INTER_AREA)
+            source_size = source_size or (width, height)
             note = f"Frames larger than {limits.max_side}px on a side were shrunk."
             if note not in notes:
                 notes.append(note)
         frames.append(frame)
-    return Clip(tuple(frames), sample.indices, sample.timestamps, folder_fps, "folder", tuple(notes))
+    return Clip(
+        tuple(frames), sample.indices, sample.timestamps, folder_fps, "folder", tuple(notes), source_size
+    )
 
 
 def _label_anchor(mask: np.ndarray) -> tuple[int, int]:

@@ -24,7 +24,7 @@ import torch
 from ..engines.base import DecodeEngine, DecodeRequest
 from ..engines.transformers_engine import TransformersEngine
 from ..media.images import ImageInput, load_image
-from ..media.masks import to_bool_mask
+from ..media.masks import fit_mask
 from ..runtime.errors import InputError
 from .cache import FeatureCache, PrefixCache, content_key
 from .config import PixelReferConfig, Variant
@@ -144,22 +144,16 @@ class Chunk:
     result: GenerationResult | None = None
 
 
-def frame_mask(mask: MaskInput, shape: tuple[int, int], label: str) -> np.ndarray:
-    """A mask in any accepted format (see `masks.to_bool_mask`) as bool, checked against its frame's size."""
+def frame_mask(
+    mask: MaskInput, shape: tuple[int, int], label: str, *, source_shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A mask in any accepted format (tensors too) as bool, fitted to its frame by `masks.fit_mask`."""
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
     array = np.asarray(mask)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
-    try:
-        binary = to_bool_mask(array)
-    except InputError as exc:
-        raise InputError(f"{label}: {exc}") from exc
-    if binary.shape != tuple(shape):
-        raise InputError(
-            f"{label} is {binary.shape[1]}x{binary.shape[0]} but its frame is {shape[1]}x{shape[0]} (width x height)"
-        )
-    return binary
+    return fit_mask(array, shape, source_shape=source_shape, what=label)
 
 
 class PixelRefer:
@@ -199,6 +193,7 @@ class PixelRefer:
         quantization: Quantization | Literal["none"] = None,
         attn_implementation: str = "sdpa",
         token: str | None = None,
+        encoder_only: bool = False,
     ) -> PixelRefer:
         """Load a local folder or a hub id (`Alibaba-DAMO-Academy/PixelRefer-2B`, `-7B`, `PixelRefer-Lite-2B`, `-Lite-7B`).
 
@@ -206,6 +201,7 @@ class PixelRefer:
         compute capability >= 8 and on CPUs with native bf16, else fp32; see `devices.plan_loading`),
         float32, float16, bfloat16.
         `quantization`: None/"none", "8bit" or "4bit" (bitsandbytes, LLM only).
+        `encoder_only`: no decoder layers, for a model whose answers a vLLM engine decodes (`load_checkpoint`).
         """
         return cls(
             load_checkpoint(
@@ -215,6 +211,7 @@ class PixelRefer:
                 quantization=None if quantization == "none" else quantization,
                 attn_implementation=attn_implementation,
                 token=token,
+                encoder_only=encoder_only,
             )
         )
 

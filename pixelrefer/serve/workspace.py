@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from ..chat.session import ChatObject, ChatSession, Reply
-from ..media.images import load_image
-from ..media.masks import clean_mask, export_png_zip, export_rle_json, object_color, to_bool_mask
+from ..media.images import load_image, shrink_image
+from ..media.masks import clean_mask, export_png_zip, export_rle_json, fit_mask, object_color
 from ..media.video import Clip, load_clip, overlay_image, write_overlay_video
 from ..model.generation import GenerationSettings
 from ..runtime.errors import InputError
@@ -112,7 +112,8 @@ class Workspace:
         """Start over with an image (array, PIL image or path)."""
         image = load_image(source, limits=self.service.settings.media)
         self._reset()
-        image = _fit(image, self.service.settings.media.max_side)
+        self.image_source_shape = image.shape[:2]
+        image = shrink_image(image, self.service.settings.media.max_side)
         self.image = image
         self.session = ChatSession(self._model(), image=image, limits=self.service.settings.chat)
         self._warm()
@@ -167,20 +168,11 @@ class Workspace:
         self.draft = _Draft(self._stored_prompt())
 
     def fit_mask(self, mask: np.ndarray) -> np.ndarray:
-        """A mask drawn on the media as uploaded, at the size of the frames held here.
-
-        Large images and clips are shrunk on opening; a larger mask of the same aspect ratio (up to rounding)
-        is shrunk the same way. Any other size is returned as it is, for the chat to refuse.
-        """
-        binary = to_bool_mask(mask)
-        height, width = self.frame.shape[:2]
-        rows, cols = binary.shape
-        same_shape = abs(rows * width / cols - height) <= 1.5
-        shrunk_alike = _fitted_size(rows, cols, self.service.settings.media.max_side) == (height, width)
-        if rows * cols > height * width and (same_shape or shrunk_alike):
-            shrunk = cv2.resize(binary.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-            return shrunk > 0
-        return binary
+        """A mask drawn on the media as uploaded or as held here, at the held frame's size (the library's one
+        rule, `pixelrefer.media.masks.fit_mask`); any other size is an InputError."""
+        frame = self.frame.shape[:2]  # refuses first when nothing is open
+        source = self.clip.source_shape if self.clip is not None else self.image_source_shape
+        return fit_mask(mask, frame, source_shape=source)
 
     def _model(self):
         if self.service.model is None:
@@ -375,7 +367,7 @@ class Workspace:
         the identity test cannot be fooled by a new frame at the same address)."""
         frame = self.frame
         if self._shown is None or self._shown[0] is not frame:
-            self._shown = (frame, _fit(frame, DISPLAY_SIDE))
+            self._shown = (frame, shrink_image(frame, DISPLAY_SIDE))
         return self._shown[1]
 
     def canvas(self) -> np.ndarray:
@@ -503,21 +495,3 @@ class Workspace:
             with contextlib.suppress(OSError):
                 copy.parent.rmdir()  # Gradio's per-file folder, if nothing else is in it
         self.copies.clear()
-
-
-def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
-    """Shrink very large images to `max_side` (the model and SAM would resize them anyway)."""
-    height, width = image.shape[:2]
-    if max(height, width) <= max_side:
-        return image
-    fitted_height, fitted_width = _fitted_size(height, width, max_side)
-    return cv2.resize(image, (fitted_width, fitted_height), interpolation=cv2.INTER_AREA)
-
-
-def _fitted_size(height: int, width: int, max_side: int) -> tuple[int, int]:
-    """(height, width) of a picture shrunk so its longer side is `max_side`; a side never drops below 2 px
-    (the full model crops up to, not including, the last row and column, so a 1-px side has no object)."""
-    if max(height, width) <= max_side:
-        return height, width
-    scale = max_side / max(height, width)
-    return max(min(2, height), round(height * scale)), max(min(2, width), round(width * scale))
