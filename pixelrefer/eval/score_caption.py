@@ -51,14 +51,17 @@ def _java() -> None:
         )
 
 
+def _check_corenlp(corenlp_dir: Path) -> None:
+    missing = [jar for jar in CORENLP_JARS if not (corenlp_dir / jar).is_file()]
+    if missing:
+        raise InputError(f"--corenlp-dir {corenlp_dir} lacks {', '.join(missing)} (Stanford CoreNLP 3.6.0)")
+
+
 def _spice(gts: dict[str, list[str]], res: dict[str, list[str]], corenlp_dir: Path) -> tuple[float, list]:
     """SPICE as pycocoevalcap's `Spice.compute_score`, run from a folder that holds CoreNLP's jars."""
     import numpy as np
     from pycocoevalcap.spice import spice as spice_module
 
-    missing = [jar for jar in CORENLP_JARS if not (corenlp_dir / jar).is_file()]
-    if missing:
-        raise InputError(f"--corenlp-dir {corenlp_dir} lacks {', '.join(missing)} (Stanford CoreNLP 3.6.0)")
     package = Path(spice_module.__file__).parent
     with tempfile.TemporaryDirectory(prefix="spice-") as folder:
         work = Path(folder)
@@ -93,6 +96,8 @@ def caption_metrics(
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """(corpus metrics, per-item metrics) in `COCOEvalCap`'s names; SPICE only with `corenlp_dir`."""
     _java()
+    if corenlp_dir is not None:
+        _check_corenlp(Path(corenlp_dir))
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.meteor.meteor import Meteor

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -329,10 +330,15 @@ def dlc_choice(reply: str, choices: list[str]) -> int | None:
     return None
 
 
-def _recognition_question(class_name: str) -> str:
+@lru_cache(maxsize=1)
+def _inflect() -> Any:
     import inflect
 
-    engine = inflect.engine()
+    return inflect.engine()
+
+
+def _recognition_question(class_name: str) -> str:
+    engine = _inflect()
     plural = class_name != "bus" and engine.singular_noun(class_name) is not False
     if plural:
         return (
