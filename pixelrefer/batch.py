@@ -22,7 +22,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,19 @@ from .model.generation import GenerationSettings
 from .model.inference import PixelRefer
 from .runtime.errors import InputError
 
-__all__ = ["BatchItem", "BatchSummary", "ItemError", "fit_mask", "load_item", "read_items", "run_batch"]
+__all__ = [
+    "BatchItem",
+    "BatchSummary",
+    "ItemError",
+    "Progress",
+    "Waiting",
+    "append_rows",
+    "check_sampling_flags",
+    "fit_mask",
+    "load_item",
+    "read_items",
+    "run_batch",
+]
 
 
 class ItemError(InputError):
@@ -77,6 +89,16 @@ class BatchSummary:
     @property
     def items_per_s(self) -> float:
         return (self.answered + self.failed) / self.seconds if self.seconds else 0.0
+
+
+def check_sampling_flags(sample: bool, temperature: float | None, top_p: float | None) -> None:
+    """Refuse --temperature/--top-p without --sample: greedy decoding would ignore them without a word."""
+    given = [
+        flag for flag, value in (("--temperature", temperature), ("--top-p", top_p)) if value is not None
+    ]
+    if given and not sample:
+        verb = "apply" if len(given) > 1 else "applies"
+        raise InputError(f"{' and '.join(given)} only {verb} when sampling: add --sample, or leave them out")
 
 
 def read_items(path: Path) -> list[BatchItem]:
@@ -233,10 +255,8 @@ def answer_item(
                 replies = session.describe(ids[question - 1], settings)
             else:
                 replies = session.ask(question, settings)
-            exchange = None
-            for reply in replies:
-                exchange = reply.exchange or exchange
-            assert exchange is not None
+            exchange = ChatSession.final(replies)
+
             answers.append(
                 {
                     "question": exchange.question,
@@ -266,8 +286,45 @@ def finished_ids(out_path: Path) -> set[str]:
     return done
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Waiting:
+    """While a slow step runs (loading a model, starting an engine), say so and how long it has taken:
+    a line at the start, then the elapsed time every `every` seconds, and the total at the end."""
+
+    def __init__(self, what: str, stream: TextIO | None = None, every: float = 5.0) -> None:
+        self.what, self.every = what, every
+        self.stream = stream if stream is not None else sys.stderr
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+
+    def _tick(self) -> None:
+        started = time.perf_counter()
+        while not self._done.wait(self.every):
+            self.stream.write(f"{self.what}... {time.perf_counter() - started:.0f} s\n")
+            self.stream.flush()
+
+    def __enter__(self) -> Waiting:
+        self.started = time.perf_counter()
+        self.stream.write(f"{self.what}...\n")
+        self.stream.flush()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+        if exc_info[0] is None:
+            self.stream.write(f"{self.what}: done in {time.perf_counter() - self.started:.1f} s\n")
+            self.stream.flush()
+
+
 class Progress:
-    """A one-line progress bar on a terminal (a line per 10% elsewhere)."""
+    """A one-line progress bar with the time per item and the ETA on a terminal (a line per 10% elsewhere)."""
 
     def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.total, self.done, self.failed = total, 0, 0
@@ -279,9 +336,14 @@ class Progress:
     def step(self, failed: bool) -> None:
         self.done += 1
         self.failed += int(failed)
-        rate = self.done / max(time.perf_counter() - self.started, 1e-9)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = self.done / elapsed
         filled = int(30 * self.done / max(self.total, 1))
-        line = f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} items, {rate:.2f} items/s, {self.failed} errors"
+        eta = _duration((self.total - self.done) / rate) if self.done < self.total else "done"
+        line = (
+            f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} items, {rate:.2f} items/s, "
+            f"{elapsed / self.done:.1f} s/item, ETA {eta}, {self.failed} errors"
+        )
         decile = 10 * self.done // max(self.total, 1)
         if self._tty:
             self.stream.write("\r" + line + ("\n" if self.done == self.total else ""))
@@ -325,14 +387,11 @@ def run_batch(
     done = finished_ids(out_path)
     todo = [item for item in items if item.id not in done]
     summary = BatchSummary(skipped=len(items) - len(todo))
-    bar = progress(len(todo)) if progress is not None else None
-    lock = threading.Lock()
     name = model_name or Path(model.source).name
     base = items_path.parent
     started = time.perf_counter()
 
-    def work(item: BatchItem) -> None:
-        began = time.perf_counter()
+    def work(item: BatchItem) -> dict[str, Any]:
         row: dict[str, Any] = {"id": item.id, "model": name, "engine": model.engine.name}
         try:
             loaded = load_item(item, base, media_limits)
@@ -341,16 +400,53 @@ def run_batch(
         except Exception as exc:  # one bad item is its error row, never the end of the run
             row["answers"] = []
             row["error"] = _error_text(exc)
+        return row
+
+    def count(row: dict[str, Any]) -> None:
+        if row["error"]:
+            summary.failed += 1
+        else:
+            summary.answered += 1
+
+    append_rows(
+        out_path,
+        todo,
+        work,
+        workers=max(1, workers or model.engine.max_concurrency),
+        progress=progress(len(todo)) if progress is not None else None,
+        on_row=count,
+    )
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def append_rows(
+    out_path: Path,
+    todo: Sequence[Any],
+    work: Callable[[Any], dict[str, Any]],
+    *,
+    workers: int = 1,
+    progress: Progress | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """Append `work(item)` for each item to a JSONL file, `workers` items at once, each row as it is done.
+
+    `work` returns the row (with "error" set when the item failed) and `seconds` is added, the item's
+    wall time. Shared by `batch` and `eval run`: same resumable file, progress bar and worker pool.
+    """
+    lock = threading.Lock()
+
+    def one(item: Any) -> None:
+        began = time.perf_counter()
+        row = work(item)
         row["seconds"] = round(time.perf_counter() - began, 3)
         with lock:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             handle.flush()
-            if row["error"]:
-                summary.failed += 1
-            else:
-                summary.answered += 1
-            if bar is not None:
-                bar.step(bool(row["error"]))
+            if on_row is not None:
+                on_row(row)
+            if progress is not None:
+                progress.step(bool(row.get("error")))
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "a+", encoding="utf-8") as handle:
@@ -358,15 +454,12 @@ def run_batch(
             handle.seek(handle.tell() - 1)
             if handle.read(1) != "\n":
                 handle.write("\n")  # a run killed mid-row: the next row starts on its own line
-        size = max(1, workers or model.engine.max_concurrency)
-        if size == 1:
+        if workers <= 1:
             for item in todo:
-                work(item)
+                one(item)
         else:
-            with ThreadPoolExecutor(size, thread_name_prefix="batch") as pool:
-                list(pool.map(work, todo))
-    summary.seconds = time.perf_counter() - started
-    return summary
+            with ThreadPoolExecutor(workers, thread_name_prefix="batch") as pool:
+                list(pool.map(one, todo))
 
 
 def last_rows(path: Path) -> dict[str, dict]:
