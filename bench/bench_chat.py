@@ -70,10 +70,9 @@ def video_session(model: PixelRefer, caching: bool) -> ChatSession:
 
 
 def turn(session: ChatSession, question: str, tokens: int) -> dict:
-    exchange = None
-    for reply in session.ask(question, GenerationSettings(max_new_tokens=tokens)):
-        exchange = reply.exchange or exchange
+    exchange = session.final(session.ask(question, GenerationSettings(max_new_tokens=tokens)))
     timings = exchange.timings
+
     generated = len(exchange.answer_ids)
     decode_time = timings["total_s"] - timings["first_token_s"]
     return {

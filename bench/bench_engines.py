@@ -39,13 +39,16 @@ def visitor(model: PixelRefer, seed: int, settings: GenerationSettings, out: lis
     session.add_object(disc_mask(96, 128, (40, 40), 12 + seed % 10))
     session.add_object(disc_mask(96, 128, (60, 90), 14))
     began = time.perf_counter()
-    first, count = None, 0
-    for reply in session.ask("What is the relationship between <object1> and <object2>?", settings):
-        if first is None and reply.delta:
-            first = time.perf_counter() - began
-        if reply.exchange is not None:
-            count = len(reply.exchange.answer_ids)
-    out.append((first if first is not None else time.perf_counter() - began, count))
+    first = None
+
+    def first_text(_: str) -> None:
+        nonlocal first
+        first = first if first is not None else time.perf_counter() - began
+
+    exchange = session.final(
+        session.ask("What is the relationship between <object1> and <object2>?", settings), first_text
+    )
+    out.append((first if first is not None else time.perf_counter() - began, len(exchange.answer_ids)))
 
 
 def round_of(model: PixelRefer, visitors: int, settings: GenerationSettings) -> dict:

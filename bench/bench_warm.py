@@ -49,12 +49,14 @@ def ask(session: ChatSession, question: str, tokens: int) -> tuple[float, float,
     """(time to first token, whole answer, ids), measured from the call as the app makes it."""
     began = time.perf_counter()
     first = None
-    exchange = None
-    for reply in session.ask(question, GenerationSettings(max_new_tokens=tokens)):
-        if first is None:
-            first = time.perf_counter() - began
-        exchange = reply.exchange or exchange
+
+    def first_text(_: str) -> None:
+        nonlocal first
+        first = first if first is not None else time.perf_counter() - began
+
+    exchange = session.final(session.ask(question, GenerationSettings(max_new_tokens=tokens)), first_text)
     ttft = exchange.timings.get("first_token_s", first)
+
     return ttft, time.perf_counter() - began, exchange.answer_ids
 
 

@@ -20,6 +20,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from .runtime.errors import InputError
@@ -253,13 +254,8 @@ def _chat(args: argparse.Namespace) -> int:
             top_p=args.top_p,
             seed=args.seed,
         )
-        exchange = None
-        for reply in session.ask(args.question, settings):
-            if not args.json and reply.delta:
-                out.write(reply.delta)
-                out.flush()
-            exchange = reply.exchange or exchange
-    assert exchange is not None
+        exchange = session.final(session.ask(args.question, settings), None if args.json else _printer(out))
+
     if args.json:
         timings = {"load_s": round(load_s, 4), **{k: round(v, 4) for k, v in exchange.timings.items()}}
         out.write(
@@ -271,6 +267,16 @@ def _chat(args: argparse.Namespace) -> int:
         budget = limits.generation_timeout_s
         print(f"note: the answer was cut off by its time budget of {budget:g} s", file=sys.stderr)
     return 0
+
+
+def _printer(out) -> Callable[[str], None]:
+    """Writes each piece of a streamed answer at once."""
+
+    def write(text: str) -> None:
+        out.write(text)
+        out.flush()
+
+    return write
 
 
 def _load(args: argparse.Namespace):

@@ -190,3 +190,18 @@ def test_app_workspace_and_api_refuse(preview_app: PreviewApp, pictures: dict[st
             assert REFUSAL in str(refused.value), endpoint
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------------- draining a reply stream
+
+
+def test_final_drains_a_reply_stream_for_its_exchange() -> None:
+    from pixelrefer.chat.session import Reply
+
+    exchange = object()
+    pieces: list[str] = []
+    stream = iter([Reply("a"), Reply(""), Reply("b", done=True, exchange=exchange)])
+    assert ChatSession.final(stream, pieces.append) is exchange
+    assert pieces == ["a", "b"] and next(stream, None) is None
+    with pytest.raises(RuntimeError, match="without its finished exchange"):
+        ChatSession.final(iter([Reply("a")]))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -483,7 +483,21 @@ class ChatSession:
         exchange = replace(last, answer_ids=[], answer="", finish_reason="", settings=settings)
         return self._run(exchange)
 
+    @staticmethod
+    def final(replies: Iterable[Reply], on_text: Callable[[str], object] | None = None) -> Exchange:
+        """Drain a reply stream (`ask`, `describe`, `regenerate`, or a stream that wraps one) for its finished
+        exchange; `on_text` sees each piece of the answer as it comes (a CLI printing it, say)."""
+        exchange = None
+        for reply in replies:
+            if on_text is not None and reply.delta:
+                on_text(reply.delta)
+            exchange = reply.exchange or exchange
+        if exchange is None:
+            raise RuntimeError("The reply stream ended without its finished exchange")
+        return exchange
+
     def stop(self) -> None:
+
         """End the answer being generated (within one decoding step); the session stays usable."""
         self._stop.set()
 
