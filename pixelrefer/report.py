@@ -62,15 +62,30 @@ def thumbnails(loaded: LoadedItem, side: int = 260, most: int = 3) -> list[tuple
 def _column(row: dict | None) -> str:
     if row is None:
         return '<p class="err">not answered yet</p>'
+    answers = row.get("answers", []) if isinstance(row, dict) else None
+    if not isinstance(answers, list):
+        return f'<p class="err">bad row: {html.escape(_shape(row))}</p>'
     parts = []
     if row.get("error"):
         parts.append(f'<p class="err">error: {html.escape(str(row["error"]))}</p>')
-    for answer in row.get("answers", []):
+    for answer in answers:
+        if not isinstance(answer, dict):
+            parts.append(f'<p class="err">bad answer: {html.escape(_shape(answer))}</p>')
+            continue
         parts.append(f'<div class="q">{html.escape(str(answer.get("question", "")))}</div>')
         reason = answer.get("finish_reason", "")
-        note = f' <span class="tag">[{html.escape(reason)}]</span>' if reason and reason != "eos" else ""
+        if not isinstance(reason, str):
+            note = f' <span class="err">[bad finish_reason: {html.escape(_shape(reason))}]</span>'
+        else:
+            note = f' <span class="tag">[{html.escape(reason)}]</span>' if reason and reason != "eos" else ""
         parts.append(f'<div class="a">{html.escape(str(answer.get("answer", "")))}{note}</div>')
     return "".join(parts)
+
+
+def _shape(value: object) -> str:
+    """A bad value as the report shows it: its JSON type and at most 80 characters of it."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:80]}{'…' if len(text) > 80 else ''}"
 
 
 def write_report(

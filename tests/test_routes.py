@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from types import SimpleNamespace
 
 import httpx
@@ -136,11 +137,9 @@ def test_what_the_page_sends_still_runs(preview_app: PreviewApp, http: httpx.Cli
 
 
 def test_a_visitor_cannot_switch_the_model(preview_app: PreviewApp) -> None:
-    import app
-
     served, generation = preview_app.service.model, preview_app.service.generation
     with pytest.raises(Exception, match="Switching the model is disabled on this server"):
-        app.on_load_model(next(iter(preview_app.service.choices())).source)
+        preview_app.page.events.on_load_model(next(iter(preview_app.service.choices())).source)
     assert preview_app.service.model is served and preview_app.service.generation == generation
 
 
@@ -208,8 +207,20 @@ def test_wrong_types_are_named(http: httpx.Client) -> None:
 
 
 def fake_app(waiting: dict[str, int], fns: dict[int, SimpleNamespace]) -> SimpleNamespace:
-    queues = {cid: SimpleNamespace(queue=[object()] * n) for cid, n in waiting.items()}
-    blocks = SimpleNamespace(fns=fns, _id=0, _queue=SimpleNamespace(event_queue_per_concurrency_id=queues))
+    """A Gradio app as the guard reads it: its events, and `waiting` events per queue from other clients."""
+    others = [
+        SimpleNamespace(session_hash=f"other-{i}", request=SimpleNamespace(scope={"client": (f"10.0.0.{i}", 1)}))
+        for i in range(max(waiting.values(), default=0))
+    ]
+    queues = {cid: SimpleNamespace(queue=others[:n]) for cid, n in waiting.items()}
+    holder = SimpleNamespace(session_data={}, time_last_used={}, capacity=1024, lock=threading.Lock())
+    blocks = SimpleNamespace(
+        fns=fns,
+        _id=0,
+        blocks={},
+        state_holder=holder,
+        _queue=SimpleNamespace(event_queue_per_concurrency_id=queues, active_jobs=[]),
+    )
     return SimpleNamespace(get_blocks=lambda: blocks)
 
 

@@ -30,6 +30,7 @@ from ..runtime.errors import InputError
 from ..runtime.hub import WeightsUnavailable
 from ..segment.base import Segmenter
 from ..segment.build import load_segmenter
+from .clients import HttpLimits
 from .redact import scrub
 
 __all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "SwitchRefused", "DEFAULT_MODEL"]
@@ -93,6 +94,8 @@ class AppSettings:
     session_ttl_s: float = 1800.0
     allow_model_switch: bool = False
     monitoring: bool = False
+    http: HttpLimits = field(default_factory=HttpLimits)
+    """The HTTP layer's per-client caps and timeouts (`pixelrefer.serve.clients`, docs/limits.md)."""
 
     def __post_init__(self) -> None:
         if self.chat.max_new_tokens != self.max_new_tokens:
@@ -163,6 +166,7 @@ class AppSettings:
             default=_enabled(default("monitoring", "")),
             help="serve Gradio's /monitoring dashboard and summary",
         )
+        HttpLimits.add_arguments(parser, default)
         limits = parser.add_argument_group("limits (see the README's Limits table)")
         groups = {"media": base.media, "chat": base.chat, "": base}
         flags: dict[str, tuple[str, str]] = {}
@@ -211,6 +215,7 @@ class AppSettings:
             engine_url=args.engine_url,
             allow_model_switch=args.allow_model_switch,
             monitoring=args.monitoring,
+            http=HttpLimits.from_args(args, parser),
             media=replace(base.media, **values["media"]),
             chat=replace(base.chat, **values["chat"], max_new_tokens=values[""]["max_new_tokens"]),
             **values[""],
