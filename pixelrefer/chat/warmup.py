@@ -262,6 +262,8 @@ class Warmer:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.reports: dict[int, WarmReport] = {}
+        self.on_stored: Callable[[ChatSession], None] | None = None
+        """Called with the session after a warm-up stored its results (the server's memory budget)."""
 
     def schedule(self, owner: object, session: ChatSession | None) -> None:
         plan = session.warm_plan() if session is not None else None
@@ -330,6 +332,11 @@ class Warmer:
             except Exception as exc:  # a failed warm-up costs the visitor nothing: the answer computes it
                 _log.warning("Warm-up failed: %s: %s", type(exc).__name__, exc)
                 report = WarmReport(reason=f"failed: {type(exc).__name__}")
+            if report.stored and self.on_stored is not None:
+                try:
+                    self.on_stored(job.session)
+                except Exception:
+                    _log.exception("The warm-up's after-store hook failed")
             with self._cond:
                 self._running = None
                 self.reports[key] = report

@@ -31,6 +31,7 @@ from ..runtime.hub import WeightsUnavailable
 from ..segment.base import Segmenter
 from ..segment.build import load_segmenter
 from .clients import HttpLimits
+from .budget import MemoryBudget, default_limits, drop_sam, sam_holdings
 from .redact import scrub
 
 __all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "SwitchRefused", "DEFAULT_MODEL"]
@@ -69,7 +70,9 @@ class AppSettings:
 
     The limits are `media` (uploads), `chat` (conversations), `max_new_tokens` (the longest answer; it
     overrides `chat.max_new_tokens`, so the two are one setting), `concurrency` and `queue_size` (the model
-    queue), `max_sessions` and `session_ttl_s` (visitor workspaces kept in memory). Each has a flag and an
+    queue), `max_sessions` and `session_ttl_s` (visitor workspaces kept in memory), `ram_budget_gb` and
+    `gpu_budget_gb` (the memory all visitors may hold; None: what is free once the model is loaded, minus
+    headroom, see `pixelrefer.serve.budget`). Each has a flag and an
     environment variable (`--max-objects` / `PIXELREFER_MAX_OBJECTS`); the README's Limits table lists them.
     What a visitor could otherwise do to everyone is off unless the operator enables it: switching the model
     (`--allow-model-switch`) and Gradio's traffic dashboard (`--monitoring`).
@@ -91,6 +94,8 @@ class AppSettings:
     chat: ChatLimits = field(default_factory=ChatLimits)
     max_new_tokens: int = 512
     max_sessions: int = 64
+    ram_budget_gb: float | None = None
+    gpu_budget_gb: float | None = None
     session_ttl_s: float = 1800.0
     allow_model_switch: bool = False
     monitoring: bool = False
@@ -168,6 +173,14 @@ class AppSettings:
         )
         HttpLimits.add_arguments(parser, default)
         limits = parser.add_argument_group("limits (see the README's Limits table)")
+        for name, where in (("ram", "RAM"), ("gpu", "each GPU")):
+            limits.add_argument(
+                f"--{name}-budget-gb",
+                default=str(default(f"{name}_budget_gb", "auto")),
+                metavar="GB",
+                help=f"memory all visitors together may hold in {where} (docs/limits.md, Memory budget); "
+                "default auto: what is free once the model is loaded, minus headroom",
+            )
         groups = {"media": base.media, "chat": base.chat, "": base}
         flags: dict[str, tuple[str, str]] = {}
         for group, holder in groups.items():
@@ -215,11 +228,26 @@ class AppSettings:
             engine_url=args.engine_url,
             allow_model_switch=args.allow_model_switch,
             monitoring=args.monitoring,
+            ram_budget_gb=_budget_gb(parser, "--ram-budget-gb", args.ram_budget_gb),
+            gpu_budget_gb=_budget_gb(parser, "--gpu-budget-gb", args.gpu_budget_gb),
             http=HttpLimits.from_args(args, parser),
             media=replace(base.media, **values["media"]),
             chat=replace(base.chat, **values["chat"], max_new_tokens=values[""]["max_new_tokens"]),
             **values[""],
         )
+
+
+def _budget_gb(parser: argparse.ArgumentParser, flag: str, text: str) -> float | None:
+    """A memory budget in GB, or None for "auto"."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        parser.error(f"{flag} must be a number of GB or auto, got {text!r}")
+    if not value > 0:
+        parser.error(f"{flag} must be positive, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -251,6 +279,12 @@ class Service:
         """The model events in flight (answers, tracking, clicks): the warm-up waits while any runs."""
         self.warmer = Warmer(self.gate)
         """Precomputes each workspace's next answer while its visitor marks (`pixelrefer.chat.warmup`)."""
+        self.budget = MemoryBudget(
+            shared=lambda: sam_holdings(self.segmenter), drop_shared=lambda: drop_sam(self.segmenter)
+        )
+        """What all visitors hold, per device, against the operator's limits (`pixelrefer.serve.budget`);
+        the limits are set by `start()`, once the model is loaded."""
+        self.warmer.on_stored = self.budget.after_warm_up
         self.model: PixelRefer | None = None
         self.requested = settings.model
         self.segmenter: Segmenter | None = None
@@ -297,6 +331,12 @@ class Service:
                 notice=f"SAM 2.1 '{self.settings.sam2}' could not be loaded ({type(exc).__name__}: {exc}). "
                 "Using the classical GrabCut segmenter instead."
             )
+        gb = {
+            name: None if value is None else int(value * 1e9)
+            for name, value in (("ram", self.settings.ram_budget_gb), ("gpu", self.settings.gpu_budget_gb))
+        }
+        self.budget.limits = default_limits(gb["ram"], gb["gpu"], use_gpus=self.settings.device != "cpu")
+        _log.info("Memory budget: %s", self.budget.describe())
         self.started_s = time.perf_counter() - began
         return self
 

@@ -28,6 +28,7 @@ from ..media.video import Clip, load_clip, overlay_image, write_overlay_video
 from ..model.generation import GenerationSettings
 from ..runtime.errors import InputError
 from ..segment.base import Prompt, PromptError, SegmentResult, scribble_mask
+from .budget import budgeted, need_answer, need_clip, need_image, need_tracking
 from .service import Service
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ class Workspace:
         self.on_file: Callable[[Workspace, Path], None] | None = None
         """Called as `on_file(workspace, path)` for every file written for the visitor (exports, overlays),
         e.g. to note the copy that is served (`pixelrefer.serve.servedfiles.record_copy`)."""
+        weakref.finalize(self, _delete_files, self.copies)  # also when the web server drops it unclosed
+        service.budget.register(self)
 
     @property
     def folder(self) -> Path:
@@ -108,6 +111,7 @@ class Workspace:
         self.marks = {}
         self.tracked = False
 
+    @budgeted(need_image, "This picture")
     def open_image(self, source) -> None:
         """Start over with an image (array, PIL image or path)."""
         image = load_image(source, limits=self.service.settings.media)
@@ -118,6 +122,7 @@ class Workspace:
         self.session = ChatSession(self._model(), image=image, limits=self.service.settings.chat)
         self._warm()
 
+    @budgeted(need_clip, "This clip")
     def open_video(self, path: str | Path) -> tuple[str, ...]:
         """Start over with a clip: sampled by the official rule within the limits; returns what was trimmed."""
         clip = load_clip(path, self.service.settings.media)
@@ -213,6 +218,7 @@ class Workspace:
         self.target = object_id
         self.draft = _Draft(self._stored_prompt())
 
+    @budgeted()
     def _segment(self, prompt: Prompt) -> SegmentResult:
         segmenter = self.service.segmenter
         if segmenter is None:
@@ -297,6 +303,7 @@ class Workspace:
 
     # ------------------------------------------------------------------ clips
 
+    @budgeted(need_tracking, "Tracking")
     def track(self, progress: Callable[[int, int], None] | None = None) -> None:
         """Follow every object through all sampled frames from the frames it was marked on."""
         if self.clip is None:
@@ -333,8 +340,9 @@ class Workspace:
         drawn = overlay_image(self.image, masks, colors) if masks else self.image
         path = self.folder / "overlay.png"
         cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-        return path
+        return self._written(path)
 
+    @budgeted()
     def overlay_video(self) -> Path:
         """The clip with every object drawn on every sampled frame, as a browser-playable mp4."""
         if self.clip is None:
@@ -421,9 +429,11 @@ class Workspace:
             raise InputError("Upload an image or a clip first")
         return self.session
 
+    @budgeted(need_answer, "This answer")
     def ask(self, question: str, settings: GenerationSettings) -> Iterator[Reply]:
         return self._session().ask(question, settings)
 
+    @budgeted(need_answer, "This answer")
     def describe(self, object_id: int, settings: GenerationSettings) -> Iterator[Reply]:
         """The official caption prompt when the object is the only one marked; with others marked the same
         request goes as a question, since the model must be told about every marked object."""
@@ -433,6 +443,7 @@ class Workspace:
             return session.describe(object_id, settings)
         return session.ask(f"Describe {obj.tag} in detail.", settings)
 
+    @budgeted(need_answer, "This answer")
     def regenerate(self, settings: GenerationSettings) -> Iterator[Reply]:
         return self._session().regenerate(settings)
 
@@ -490,8 +501,24 @@ class Workspace:
         self.session = None
         if self._remove_folder is not None:
             self._remove_folder()
-        for copy in self.copies:
-            copy.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                copy.parent.rmdir()  # Gradio's per-file folder, if nothing else is in it
-        self.copies.clear()
+        _delete_files(self.copies)
+        self.service.budget.forget(self)
+
+    def drop_caches(self) -> None:
+        """Free what can be computed again, when the memory budget needs room (`pixelrefer.serve.budget`):
+        the chat's features, object tokens and KV prefix, and the canvas's display copy."""
+        self.service.warmer.drop(self)
+        self._shown = None
+        if self.session is not None:
+            self.session.feature_cache.clear()
+            self.session.prefix_cache.clear()
+            self.session.last_prepared = None
+
+
+def _delete_files(copies: set[Path]) -> None:
+    """Delete the served copies of a visitor's files, and Gradio's per-file folder when nothing else is in it."""
+    for copy in list(copies):
+        copy.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            copy.parent.rmdir()
+    copies.clear()
