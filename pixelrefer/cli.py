@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--json", action="store_true", help='print one {"text", "token_ids", "timings"} object')
     chat.add_argument("question", help="the question; refer to objects as <object1>, <object2>, ...")
     _batch_parsers(commands)
+    commands.add_parser("serve", help="an OpenAI-compatible region chat server (docs/openai-api.md)")
     return parser
 
 
@@ -375,6 +376,11 @@ def _engine(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # a long-running server: its own flags, and its logs stay on
+        from .serve.openai_api import main as serve
+
+        return serve(argv[1:])
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
