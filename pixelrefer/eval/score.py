@@ -72,11 +72,13 @@ class ScoreResult:
     scored: int = 0
     errors: int = 0
     notes: list[str] = field(default_factory=list)
+    predictions: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` file: the metrics at top level, then counts, notes and the per-item scores."""
         return {
             "benchmark": self.benchmark,
+            "predictions": self.predictions,
             **self.metrics,
             "counts": {"rows": self.rows, "scored": self.scored, "errors": self.errors},
             "notes": self.notes,
@@ -199,5 +201,7 @@ def score_predictions(
 
 
 def score_file(benchmark: str, path: str | Path, options: ScoreOptions | None = None) -> ScoreResult:
-    """Read `path` and score it (what `eval score` does)."""
-    return score_predictions(benchmark, read_predictions(path), options)
+    """Read `path` and score it (what `eval score` does); the result names the file, for the gallery."""
+    result = score_predictions(benchmark, read_predictions(path), options)
+    result.predictions = str(Path(path).resolve())
+    return result
