@@ -94,3 +94,37 @@ def test_spice_needs_both_corenlp_jars(tmp_path):
     (tmp_path / "stanford-corenlp-3.6.0.jar").write_bytes(b"")
     with pytest.raises(InputError, match="lacks stanford-corenlp-3.6.0-models.jar"):
         score_file("vg", path, ScoreOptions(corenlp_dir=tmp_path))
+
+
+def test_spice_runs_the_official_command_from_a_folder_with_the_jars(tmp_path, monkeypatch):
+    """The SPICE plumbing with a stand-in `java` (the real CoreNLP jars are not available here): the jar
+    folder it runs in, the official command line, and how its output becomes the score."""
+    from pixelrefer.eval import score_caption
+
+    corenlp = tmp_path / "corenlp"
+    corenlp.mkdir()
+    for jar in score_caption.CORENLP_JARS:
+        (corenlp / jar).write_bytes(b"jar")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "java"
+    fake.write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, os, sys\n"
+        "args = sys.argv[1:]\n"
+        "assert args[:4] == ['-jar', '-Xmx8G', 'spice-1.0.jar', 'in.json'], args\n"
+        "assert args[4] == '-cache' and args[6:] == ['-out', 'out.json', '-subset', '-silent'], args\n"
+        "assert os.path.isfile('spice-1.0.jar')\n"
+        "assert open('lib/stanford-corenlp-3.6.0-models.jar').read() == 'jar'\n"
+        "items = json.load(open('in.json'))\n"
+        "scores = {'0': 0.5, '1': None}\n"
+        "json.dump([{'image_id': i['image_id'], 'scores': {'All': {'f': scores[i['image_id']]}}} for i in items],\n"
+        "          open('out.json', 'w'))\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    average, items = score_caption._spice(
+        {"0": ["a dog"], "1": ["a cat"]}, {"0": ["dog"], "1": ["cat"]}, corenlp
+    )
+    assert items[0] == 0.5 and items[1] != items[1]  # None becomes NaN, as pycocoevalcap's float_convert
+    assert average != average  # and the mean of a NaN is NaN, as the official np.mean
