@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .runtime.errors import InputError
+from .serve.flags import add_generation_flags, add_model_flags, settings_from_flags
 
 __all__ = ["main"]
 
@@ -65,31 +66,17 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    chat.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    add_model_flags(chat)
     media = chat.add_mutually_exclusive_group(required=True)
     media.add_argument("--image", help="image file")
     media.add_argument("--video", help="video file or folder of frames")
     chat.add_argument("--mask", action="append", required=True, help="object mask (see below); repeat")
-    chat.add_argument("--max-new-tokens", type=int, default=512)
-    chat.add_argument("--seed", type=int, default=1234)
-    chat.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    chat.add_argument("--temperature", type=float, default=None)
-    chat.add_argument("--top-p", type=float, default=None)
-    chat.add_argument("--device", default="auto")
-    chat.add_argument("--dtype", default="auto")
-    chat.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"])
+    add_generation_flags(chat)
     chat.add_argument("--json", action="store_true", help='print one {"text", "token_ids", "timings"} object')
     chat.add_argument("question", help="the question; refer to objects as <object1>, <object2>, ...")
     _batch_parsers(commands)
     commands.add_parser("serve", help="an OpenAI-compatible region chat server (docs/openai-api.md)")
     return parser
-
-
-def _model_flags(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--model", required=True, help="checkpoint folder or hub id")
-    command.add_argument("--device", default="auto")
-    command.add_argument("--dtype", default="auto")
-    command.add_argument("--quantization", default="none", choices=["none", "8bit", "4bit"])
 
 
 def _batch_parsers(commands) -> None:
@@ -101,7 +88,7 @@ def _batch_parsers(commands) -> None:
     )
     batch.add_argument("items", help="JSONL file, one item per line")
     batch.add_argument("--out", required=True, help="JSONL answers (appended to)")
-    _model_flags(batch)
+    add_model_flags(batch)
     batch.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
     batch.add_argument(
         "--engine-url", default="", help="a running vLLM server (else --engine vllm starts one)"
@@ -112,11 +99,7 @@ def _batch_parsers(commands) -> None:
     batch.add_argument(
         "--shard", default="0/1", help="K/N: every N-th item from the K-th (one process per GPU)"
     )
-    batch.add_argument("--max-new-tokens", type=int, default=512)
-    batch.add_argument("--seed", type=int, default=1234)
-    batch.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    batch.add_argument("--temperature", type=float, default=None)
-    batch.add_argument("--top-p", type=float, default=None)
+    add_generation_flags(batch)
     batch.add_argument("--report", default="", help="also write the HTML gallery here")
     report = commands.add_parser("report", help="an HTML gallery of batch answers, models side by side")
     report.add_argument("items", help="the items file the answers are for")
@@ -128,7 +111,7 @@ def _batch_parsers(commands) -> None:
         help="export the checkpoint's LLM and run a vLLM server for it (for --engine-url)",
         description="Runs in the foreground until interrupted; prints the URL to pass as --engine-url.",
     )
-    _model_flags(engine)
+    add_model_flags(engine)
     engine.add_argument("--host", default="127.0.0.1")
     engine.add_argument("--port", type=int, default=8000)
     engine.add_argument("--max-num-seqs", type=int, default=16, help="answers decoded at once")

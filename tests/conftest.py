@@ -64,12 +64,14 @@ def coded_clip(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
 
 @dataclass(frozen=True)
 class PreviewApp:
-    """`app.py` serving its offline preview in this process: the URL, the Blocks and the shared service."""
+    """`app.py` serving its offline preview in this process: the URL, the Blocks, the shared service, and the
+    page (its components by name and its handlers, for tests that call a handler as Gradio does)."""
 
     url: str
     demo: Any
     service: Any
     examples: tuple[Any, ...]
+    page: Any
 
 
 def free_port() -> int:
@@ -86,34 +88,32 @@ APP_PREVIEW_MAX_NEW_TOKENS = 4096
 @pytest.fixture(scope="session")
 def preview_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp]:
     """The app in offline preview (tiny random PixelRefer built under a temporary folder, GrabCut masks),
-    launched once per test run as `main()` launches it, on a free port; closed at the end."""
+    built with its own Service and launched once per test run as `main()` launches it, on a free port."""
     import app
+    from pixelrefer.serve.service import AppSettings, Service
 
-    settings = app.SERVICE.settings
-    app.SERVICE.settings = replace(
-        settings,
+    settings = replace(
+        AppSettings(),
         preview_dir=tmp_path_factory.mktemp("app-preview"),
         max_new_tokens=APP_PREVIEW_MAX_NEW_TOKENS,
     )
-    app.SERVICE.start()
-    assert app.SERVICE.preview, (
-        f"the app should fall back to its offline preview, not serve {app.SERVICE.requested}"
-    )
-    assert app.SERVICE.segmenter is not None and app.SERVICE.segmenter.is_classical
-    demo = app.build(app.SERVICE)
+    service = Service(settings).start()
+    assert service.preview, f"the app should fall back to its offline preview, not serve {service.requested}"
+    assert service.segmenter is not None and service.segmenter.is_classical
+    page = app.build_page(service)
     port = free_port()
-    demo.launch(
+    page.demo.launch(
         server_name="127.0.0.1",
         server_port=port,
         prevent_thread_lock=True,
         quiet=True,
-        **app.launch_options(app.SERVICE.settings),
+        **app.launch_options(settings),
     )
     try:
-        yield PreviewApp(f"http://127.0.0.1:{port}/", demo, app.SERVICE, tuple(app.EXAMPLE_LIST))
+        yield PreviewApp(f"http://127.0.0.1:{port}/", page.demo, service, page.examples, page)
     finally:
-        demo.close()
-        app.SERVICE.settings = settings
+        page.demo.close()
+        service.close()
 
 
 # ---------------------------------------------------------------------- the bad-input corpus (test_corpus_*.py)

@@ -21,6 +21,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from pixelrefer.media.video import load_clip
+from pixelrefer.serve.workspace import Workspace
 
 from .app_media import SceneClip, SceneImage, iou, write_mask_png, write_scene_clip, write_scene_image
 from .conftest import PreviewApp
@@ -215,21 +216,19 @@ def test_clients_do_not_share_a_workspace(preview_app: PreviewApp, client: Clien
 
 def test_gpu_durations_read_each_events_own_arguments(preview_app: PreviewApp, media: dict) -> None:
     """On a ZeroGPU Space `spaces.GPU` calls the duration with the event's arguments, in the event's order."""
-    import app
+    from pixelrefer.serve.zerogpu import answer_duration, regenerate_duration, track_duration
 
-    ws = app.Workspace(preview_app.service)
+    ws = Workspace(preview_app.service)
     try:
         ws.open_video(media["clip"].path)
-        # on_send(ws, question, max_new_tokens, sample, temperature, top_p, seed): longer answers, more time.
-        assert app.answer_duration(ws, "q", 4096, False, 0.2, 0.9, 1) > app.answer_duration(
-            ws, "q", 64, False
-        )
-        # on_regenerate(ws, max_new_tokens, sample, ...): the token count, not the sampling flag.
-        assert app.regenerate_duration(ws, 4096, True, 0.2, 0.9, 1) == app.answer_duration(ws, "q", 4096)
-        # api_describe(image, mask, max_new_tokens, seed): file paths, not a workspace.
+        # send_stream(ws, question, max_new_tokens, sample, temperature, top_p, seed): longer answers, more time.
+        assert answer_duration(ws, "q", 4096, False, 0.2, 0.9, 1) > answer_duration(ws, "q", 64, False)
+        # regenerate_stream(ws, max_new_tokens, sample, ...): the token count, not the sampling flag.
+        assert regenerate_duration(ws, 4096, True, 0.2, 0.9, 1) == answer_duration(ws, "q", 4096)
+        # /describe_region(image, mask, max_new_tokens, seed): file paths, not a workspace.
         image, mask = str(media["scene"].path), str(media["disc"])
-        assert app.answer_duration(image, mask, 256, 1234) == app.answer_duration(None, "", 256)
-        assert app.track_duration(ws) > app.track_duration(None)
+        assert answer_duration(image, mask, 256, 1234) == answer_duration(None, "", 256)
+        assert track_duration(ws) > track_duration(None)
     finally:
         ws.close()
 
@@ -238,11 +237,10 @@ def test_a_large_photo_is_marked_on_a_display_copy(preview_app: PreviewApp, medi
     """The canvas shows a copy at most `DISPLAY_SIDE` px long, cheap to draw and send on every click; a click
     on it (the page reports the shown picture's pixels) lands on the frame's own pixels, the mask is at the
     frame's size, and the point is drawn where it was clicked."""
-    import app
     from pixelrefer.serve.workspace import DISPLAY_SIDE
 
     big = media["big"]
-    ws = app.Workspace(preview_app.service)
+    ws = Workspace(preview_app.service)
     try:
         ws.open_image(big.path)  # 2400x1800, held at the media limit's 1920x1440
         frame_height, frame_width = ws.frame.shape[:2]
@@ -250,13 +248,13 @@ def test_a_large_photo_is_marked_on_a_display_copy(preview_app: PreviewApp, medi
         assert max(shown_height, shown_width) == DISPLAY_SIDE < max(frame_height, frame_width)
         assert shown_width / shown_height == pytest.approx(frame_width / frame_height, rel=0.01)
         x, y = (round(c * shown_width / big.size[0]) for c in big.disc_centre)
-        outputs = app.on_click(ws, "Object (click)", SimpleNamespace(index=[x, y]))
+        outputs = preview_app.page.events.on_click(ws, "Object (click)", SimpleNamespace(index=[x, y]))
         point = ws.draft.prompt.points[0]
         expected = [c * frame_width / big.size[0] for c in big.disc_centre]
         assert point == pytest.approx(expected, abs=frame_width / shown_width)
         truth = cv2.resize(big.disc.astype(np.uint8), (frame_width, frame_height)) > 0
         assert ws.draft.result.mask.shape == truth.shape and iou(ws.draft.result.mask, truth) > 0.8
-        canvas = outputs[1]
+        canvas = outputs[preview_app.page.ui.canvas]
         assert canvas.shape[:2] == (shown_height, shown_width)
         assert tuple(canvas[y, x]) == pytest.approx((40, 200, 60), abs=40)  # the click point, in green
     finally:

@@ -28,6 +28,7 @@ from pixelrefer.media import limits as limits_module
 from pixelrefer.media.limits import ChatLimits
 from pixelrefer.model.generation import GenerationSettings
 from pixelrefer.model.synthetic import build_checkpoint
+from pixelrefer.serve.render import history
 from pixelrefer.serve.service import AppSettings, Service
 from pixelrefer.serve.workspace import Workspace
 
@@ -108,8 +109,6 @@ def test_out_of_memory_while_tracking_is_one_message_and_tracking_then_works(
     preview_app: PreviewApp, corpus: Corpus, releases: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Tracking is a UI event (not in the API): its handler is called as Gradio calls it."""
-    import app
-
     ws = Workspace(preview_app.service)
     try:
         ws.open_video(corpus.base_clip)
@@ -121,14 +120,14 @@ def test_out_of_memory_while_tracking_is_one_message_and_tracking_then_works(
         with monkeypatch.context() as patch:
             patch.setattr(preview_app.service.segmenter, "track", out_of_memory)
             patch.setattr(gr, "Warning", lambda message, *args, **kwargs: toasts.append(message))
-            kept = asyncio.run(app.on_track(ws, progress=quiet))
+            kept = asyncio.run(preview_app.page.events.on_track(ws, progress=quiet))
         # A page event: the message is a toast and every output keeps its value (no error state).
         assert toasts == [html.escape(OOM_MESSAGE)]
         assert kept == gr.skip()
         assert releases == [1]
         assert not ws.tracked
-        outputs = asyncio.run(app.on_track(ws, progress=quiet))
-        assert outputs[0] is ws and ws.tracked
+        outputs = asyncio.run(preview_app.page.events.on_track(ws, progress=quiet))
+        assert outputs[preview_app.page.ui.state] is ws and ws.tracked
         (obj,) = ws.objects()
         assert sorted(obj.masks) == list(ws.clip.indices)
     finally:
@@ -236,7 +235,7 @@ def test_an_answer_over_its_time_budget_is_stopped_and_says_so(tmp_path: Path, c
         exchange = answer(ws.ask("What is <object1>?", GenerationSettings(max_new_tokens=50)))
         assert exchange.finish_reason == "timeout"
         assert len(exchange.answer_ids) == 1  # the deadline is checked after every token
-        shown = app.history(ws)
+        shown = history(ws)
         assert shown[-1]["role"] == "assistant"
         assert shown[-1]["content"].endswith(" *(stopped: time budget reached)*")
         # The session goes on: the next question is asked, and stopped the same way.

@@ -203,9 +203,10 @@ def test_the_brush_panel_refuses_a_bomb_layer_unread_and_passes_a_real_one(
     from gradio.data_classes import FileData
     from PIL import ImageFile
 
-    import app
+    from pixelrefer.serve.brush import brush_layer, painter
+    from pixelrefer.serve.service import APP_MEDIA_LIMITS
 
-    painter = app.painter(type="numpy")
+    editor = painter(APP_MEDIA_LIMITS, type="numpy")
     bomb = tmp_path / "layer.png"
     bomb.write_bytes(png_header(13000, 13000))
     decoded: list[object] = []
@@ -217,13 +218,13 @@ def test_the_brush_panel_refuses_a_bomb_layer_unread_and_passes_a_real_one(
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
     with pytest.raises(gr.Error) as refused:
-        painter.preprocess(EditorData(layers=[FileData(path=str(bomb))]))
+        editor.preprocess(EditorData(layers=[FileData(path=str(bomb))]))
     assert refused.value.message.startswith("layer.png is 13000x13000 = 169,000,000 pixels; the limit is")
     assert decoded == []
     stroke = np.zeros((30, 40, 4), np.uint8)
     stroke[5:10, 5:20] = (255, 0, 255, 255)
     layer = tmp_path / "stroke.png"
     Image.fromarray(stroke).save(layer)
-    value = painter.preprocess(EditorData(layers=[FileData(path=str(layer))]))
-    mask = app.brush_layer(value)
+    value = editor.preprocess(EditorData(layers=[FileData(path=str(layer))]))
+    mask = brush_layer(value)
     assert mask.shape == (30, 40) and mask.sum() == 75 and mask[5:10, 5:20].all()

@@ -299,9 +299,9 @@ def test_the_banner_names_no_server_folder_and_no_token(
 
 
 def test_the_app_scrubs_what_it_shows(preview_app: PreviewApp) -> None:
-    import app
+    from pixelrefer.serve.policy import Policy
 
-    @app.friendly
+    @Policy(preview_app.service).for_api
     def leaky() -> None:
         raise MediaRejected(f"/tmp/gradio/abc123/holiday.mp4 could not be read with token {TOKEN}")
 

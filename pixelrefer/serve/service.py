@@ -32,6 +32,7 @@ from ..segment.base import Segmenter
 from ..segment.build import load_segmenter
 from .clients import HttpLimits
 from .budget import MemoryBudget, default_limits, drop_sam, sam_holdings
+from .flags import add_model_flags
 from .redact import scrub
 
 __all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "SwitchRefused", "DEFAULT_MODEL"]
@@ -122,22 +123,7 @@ class AppSettings:
             return fallback
 
         parser = argparse.ArgumentParser(prog="app.py", description="PixelRefer region chat (Gradio app).")
-        parser.add_argument(
-            "--model", default=default("model", base.model), help="checkpoint folder or hub id"
-        )
-        parser.add_argument(
-            "--quantization",
-            default=default("quantization", base.quantization),
-            choices=["none", "8bit", "4bit"],
-        )
-        parser.add_argument(
-            "--dtype",
-            default=default("dtype", base.dtype),
-            choices=["auto", "float32", "float16", "bfloat16"],
-        )
-        parser.add_argument(
-            "--device", default=default("device", base.device), help="auto, cpu, cuda or cuda:N"
-        )
+        add_model_flags(parser, lambda name, _: str(default(name, getattr(base, name))))
         parser.add_argument(
             "--sam2",
             default=default("sam2", base.sam2),

@@ -275,8 +275,7 @@ class Workspace:
         mask = result.require()
         session = self._session()
         if self.target is None:
-            obj = session.add_object({self.frame_index: mask}, marked_frames=[self.frame_index], name=name)
-            self.marks[obj.id] = {}
+            obj = self._add(mask, self.frame_index, name)
         else:
             obj = session.get(self.target)
             masks = dict(obj.masks) if self.clip is not None else {}
@@ -289,6 +288,18 @@ class Workspace:
         self.target = None
         self.draft = _Draft(Prompt())
         self._warm()
+        return obj
+
+    def add_mask(self, mask: np.ndarray, frame_index: int) -> ChatObject:
+        """A new object from a mask drawn elsewhere (the named API) on source frame `frame_index`: fitted to
+        the frame's size, then added as Keep adds one (its marks entry, the warm-up)."""
+        obj = self._add(self.fit_mask(mask), frame_index)
+        self._warm()
+        return obj
+
+    def _add(self, mask: np.ndarray, frame_index: int, name: str = "") -> ChatObject:
+        obj = self._session().add_object({frame_index: mask}, marked_frames=[frame_index], name=name)
+        self.marks[obj.id] = {}
         return obj
 
     def delete(self, object_id: int) -> None:
