@@ -198,3 +198,23 @@ def test_sampling_flags_without_sample_are_refused(bench: dict[str, Path], tmp_p
     assert run(bench, tmp_path / "o.jsonl", "--temperature", "0.7") == 1
     assert "--temperature only applies when sampling: add --sample" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_bad_item_is_an_error_row_left_out_of_the_official_records(
+    bench: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    records = json.loads(bench["q"].read_text())
+    records[0]["annotation"][1]["5"]["segmentation"]["size"] = [10, 10]  # not the frame's size
+    broken = tmp_path / "q.json"
+    broken.write_text(json.dumps(records))
+    out = tmp_path / "q.jsonl"
+    capsys.readouterr()
+    assert run({**bench, "q": broken}, out) == 3
+    err = capsys.readouterr().err
+    assert "item 0: the mask is 10x10 but its frame is 176x132" in err
+    assert "1 items with errors left out" in err
+    rows = {r["id"]: r for r in read_rows(out)}
+    assert rows["0"]["finish_reason"] == "error" and rows["0"]["prediction"] == ""
+    assert "10x10" in rows["0"]["error"] and rows["1"]["error"] is None
+    official = [json.loads(line) for line in out.with_name("q_0.json").read_text().splitlines()]
+    assert [r["video"] for r in official] == ["clip_b.mp4", "clip_a"]

@@ -308,7 +308,7 @@ def _done_ids(out_path: Path) -> set[str]:
 
 
 def _error_text(exc: BaseException) -> str:
-    from ..serve.redact import scrub
+    from ..runtime.redact import scrub
 
     return scrub(" ".join(str(exc).split()) or type(exc).__name__)
 
