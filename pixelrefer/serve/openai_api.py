@@ -322,7 +322,7 @@ class OpenAIServer:
             if not declared.isdigit():
                 raise RequestRefused("Content-Length is not a number")
             if int(declared) > self.max_body:
-                raise _TooLarge(int(declared))
+                raise _TooLarge(int(declared), True)
         chunks, total = [], 0
         stream = request.stream().__aiter__()
         while True:
@@ -336,16 +336,18 @@ class OpenAIServer:
                 ) from None
             total += len(chunk)
             if total > self.max_body:
-                raise _TooLarge(total)
+                raise _TooLarge(total, False)
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _too_large(self, size: int) -> Response:
+    def _too_large(self, size: int, declared: bool) -> Response:
+        amount = (
+            f"{size / 1e6:.1f} MB" if declared else f"over {self.max_body / 1e6:g} MB (it was still coming)"
+        )
         return _error(
             413,
-            f"The request body is {'at least ' if size else ''}{size / 1e6:.1f} MB; this server takes at most "
-            f"{self.max_body / 1e6:g} MB (media upload limit {self.settings.media.max_upload_mb:g} MB, "
-            "sent as base64)",
+            f"The request body is {amount}; this server takes at most {self.max_body / 1e6:g} MB (the "
+            f"media upload limit, {self.settings.media.max_upload_mb:g} MB, sent as base64, plus the regions)",
             type="invalid_request_error",
             code="request_too_large",
         )
@@ -356,7 +358,7 @@ class OpenAIServer:
         try:
             raw = await self._body(request)
         except _TooLarge as large:
-            return self._too_large(int(large.args[0]))
+            return self._too_large(*large.args)
         try:
             body = json.loads(raw)
         except RecursionError:

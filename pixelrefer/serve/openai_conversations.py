@@ -30,8 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..chat.limits import ChatLimits
-from ..chat.session import ChatSession, Exchange, parse_question
+from ..chat.session import ChatLimits, ChatSession, Exchange, parse_question
 from ..media.images import load_image
 from ..media.limits import MediaLimits
 from ..media.video import load_clip, probe_video, read_frames
