@@ -46,6 +46,7 @@ __all__ = [
     "Progress",
     "Waiting",
     "append_rows",
+    "check_items",
     "check_sampling_flags",
     "fit_mask",
     "load_item",
@@ -476,6 +477,28 @@ def last_rows(path: Path) -> dict[str, dict]:
                 if earlier is None or not row.get("error") or earlier.get("error"):
                     rows[str(row["id"])] = row  # an error row never hides an answer
     return rows
+
+
+def check_items(
+    items_path: Path,
+    shard: tuple[int, int] = (0, 1),
+    limits: MediaLimits | None = None,
+    stream: TextIO | None = None,
+) -> list[tuple[str, str]]:
+    """Every item of the shard read once (media and masks) before any model loads, with a progress line;
+    (id, problem) of each item that cannot be answered. The run reads them again: a check is not a cache."""
+    index, count = shard
+    items = read_items(items_path)[index::count]
+    bar = Progress(len(items), stream) if items else None
+    problems = []
+    for item in items:
+        try:
+            load_item(item, items_path.parent, limits)
+        except Exception as exc:
+            problems.append((item.id, _error_text(exc)))
+        if bar is not None:
+            bar.step(bool(problems and problems[-1][0] == item.id))
+    return problems
 
 
 def iter_loaded(

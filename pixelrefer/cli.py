@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from .eval.cli import add_eval_parser, run_eval_command
 from .runtime.errors import InputError
 from .serve.flags import add_generation_flags, add_model_flags, settings_from_flags
 
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--json", action="store_true", help='print one {"text", "token_ids", "timings"} object')
     chat.add_argument("question", help="the question; refer to objects as <object1>, <object2>, ...")
     _batch_parsers(commands)
+    add_eval_parser(commands)
     commands.add_parser("serve", help="an OpenAI-compatible region chat server (docs/openai-api.md)")
     return parser
 
@@ -101,6 +103,7 @@ def _batch_parsers(commands) -> None:
     )
     add_generation_flags(batch)
     batch.add_argument("--report", default="", help="also write the HTML gallery here")
+    batch.add_argument("--check", action="store_true", help="only check the items (no model is loaded)")
     report = commands.add_parser("report", help="an HTML gallery of batch answers, models side by side")
     report.add_argument("items", help="the items file the answers are for")
     report.add_argument("answers", nargs="+", help="answers files, one column each (e.g. full and Lite)")
@@ -273,7 +276,7 @@ def _load(args: argparse.Namespace):
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from .batch import run_batch
+    from .batch import Waiting, check_items, check_sampling_flags, run_batch
     from .engines import build_engine
     from .model.generation import GenerationSettings
 
@@ -282,6 +285,7 @@ def _batch(args: argparse.Namespace) -> int:
     if not match or not int(match[1]) < int(match[2]):
         raise CliError(f"--shard is K/N with 0 <= K < N; got {args.shard!r}")
     try:
+        check_sampling_flags(args.sample, args.temperature, args.top_p)
         settings = GenerationSettings(
             max_new_tokens=args.max_new_tokens,
             do_sample=args.sample,
@@ -291,10 +295,20 @@ def _batch(args: argparse.Namespace) -> int:
         )
     except InputError as exc:
         raise CliError(str(exc)) from exc
-    model = _load(args)
+    shard = (int(match[1]), int(match[2]))
+    print(f"checking the items of {items.name}", file=sys.stderr)
+    problems = check_items(items, shard, stream=sys.stderr)
+    for item_id, problem in problems[:10]:
+        print(f"  item {item_id}: {problem}", file=sys.stderr)
+    print(f"{len(problems)} items with problems", file=sys.stderr)
+    if args.check:
+        return 0 if not problems else 3
+    with Waiting(f"loading {args.model}"):
+        model = _load(args)
     engine = None
     if args.engine == "vllm":
-        model.engine = engine = build_engine("vllm", model, url=args.engine_url)
+        with Waiting("starting the vLLM engine"):
+            model.engine = engine = build_engine("vllm", model, url=args.engine_url)
     try:
         summary = run_batch(
             model,
@@ -302,7 +316,7 @@ def _batch(args: argparse.Namespace) -> int:
             args.out,
             settings=settings,
             workers=args.workers,
-            shard=(int(match[1]), int(match[2])),
+            shard=shard,
         )
     finally:
         if engine is not None:
@@ -380,7 +394,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        return {"chat": _chat, "batch": _batch, "report": _report, "engine": _engine}[args.command](args)
+        handlers = {
+            "chat": _chat,
+            "batch": _batch,
+            "report": _report,
+            "engine": _engine,
+            "eval": run_eval_command,
+        }
+        return handlers[args.command](args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
