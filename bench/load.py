@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -289,7 +290,7 @@ class AppProcess:
     (made when a visitor exports or renders an overlay, so API-only visitors may leave none to count).
     """
 
-    def __init__(self, queue_size: int, concurrency: int) -> None:
+    def __init__(self, queue_size: int, concurrency: int, extra: Sequence[str] = ()) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="pixelrefer-load-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -302,7 +303,7 @@ class AppProcess:
             "GRADIO_TEMP_DIR": str(self.tmp / "gradio"),
         }
         command = [sys.executable, str(REPO / "app.py"), "--port", str(self.port)]
-        command += ["--queue-size", str(queue_size), "--concurrency", str(concurrency)]
+        command += ["--queue-size", str(queue_size), "--concurrency", str(concurrency), *extra]
         self.log = open(self.tmp / "app.log", "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.started_s = self._wait()

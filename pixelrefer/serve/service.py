@@ -33,6 +33,7 @@ from ..segment.build import load_segmenter
 from .clients import HttpLimits
 from .budget import MemoryBudget, default_limits, drop_sam, sam_holdings
 from .flags import add_model_flags
+from .budget import MemoryBudget, default_limits, drop_sam, sam_holdings
 from .redact import scrub
 
 __all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "SwitchRefused", "DEFAULT_MODEL"]
@@ -422,10 +423,9 @@ class Service:
             self._engine = None
 
     def release_memory(self) -> None:
-        """After an out-of-memory error: drop what Python and the CUDA allocator hold on to."""
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        """After an out-of-memory error: drop every visitor's caches that can be computed again, then what
+        Python and the CUDA allocator hold on to (`MemoryBudget.recover`)."""
+        self.budget.recover(None)
 
     # ------------------------------------------------------------------ what the UI shows
 
