@@ -9,7 +9,6 @@ segmenter. `banner` says so and what to do.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import threading
@@ -30,10 +29,9 @@ from ..runtime.errors import InputError
 from ..runtime.hub import WeightsUnavailable
 from ..segment.base import Segmenter
 from ..segment.build import load_segmenter
+from .budget import MemoryBudget, default_limits, drop_sam, sam_holdings
 from .clients import HttpLimits
-from .budget import MemoryBudget, default_limits, drop_sam, sam_holdings
 from .flags import add_model_flags
-from .budget import MemoryBudget, default_limits, drop_sam, sam_holdings
 from .redact import scrub
 
 __all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "SwitchRefused", "DEFAULT_MODEL"]
