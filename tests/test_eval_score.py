@@ -158,19 +158,17 @@ def test_rows_resume_errors_and_wrong_benchmark(tmp_path):
             + "\n"
         )
         handle.write('{"schema": "pixelrefer.eval/1", "benchmark": "videorefer-q", "id": "2", "predic\n')
-    with pytest.raises(InputError, match="line 4 is not JSON"):
-        read_predictions(path)
-    lines = path.read_text().splitlines()[:-1]
-    path.write_text("\n".join(lines) + "\n")
-    predictions = read_predictions(path)
+    predictions, unreadable = read_predictions(path)  # the cut last line is skipped and counted
     assert [(p.id, p.text, p.error) for p in predictions] == [
         ("0", "B", None),
         ("1", None, "unreadable video"),
     ]
+    assert unreadable == 1
     result = score_file("videorefer-q", path)
     assert (result.rows, result.scored, result.errors) == (2, 1, 1)
     assert result.metrics["overall"] == 0.0
     assert "1 without a prediction, not scored" in result.text()
+    assert "1 lines of q.jsonl were not JSON rows" in result.text()
     with pytest.raises(InputError, match="for videorefer-q, not lvis"):
         score_file("lvis", path)
     with pytest.raises(InputError, match="unknown benchmark"):

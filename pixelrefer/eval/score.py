@@ -117,21 +117,25 @@ def _row_prediction(row: dict[str, Any], number: int) -> Prediction:
     )
 
 
-def read_predictions(path: str | Path) -> list[Prediction]:
-    """Rows of a JSONL predictions file, the last answer per item kept (an error row never hides an answer)."""
+def read_predictions(path: str | Path) -> tuple[list[Prediction], int]:
+    """Rows of a JSONL predictions file, the last answer per item kept (an error row never hides an answer),
+    and how many lines were not JSON objects (a line cut by an interrupted run is skipped, as `eval run`
+    skips it when resuming)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no predictions file at {path}")
     kept: dict[str, Prediction] = {}
+    unreadable = 0
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path.name} line {number + 1} is not JSON: {exc.msg}") from None
-            if not isinstance(row, dict) or row.get("kind") == "provenance":
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):
+                unreadable += 1
                 continue
             prediction = _row_prediction(row, number)
             earlier = kept.get(prediction.id)
@@ -139,7 +143,7 @@ def read_predictions(path: str | Path) -> list[Prediction]:
                 kept[prediction.id] = prediction
     if not kept:
         raise InputError(f"{path.name} holds no prediction rows")
-    return sorted(kept.values(), key=lambda p: p.index)
+    return sorted(kept.values(), key=lambda p: p.index), unreadable
 
 
 Scorer = Callable[[list[Prediction], ScoreOptions], ScoreResult]
@@ -202,6 +206,9 @@ def score_predictions(
 
 def score_file(benchmark: str, path: str | Path, options: ScoreOptions | None = None) -> ScoreResult:
     """Read `path` and score it (what `eval score` does); the result names the file, for the gallery."""
-    result = score_predictions(benchmark, read_predictions(path), options)
+    predictions, unreadable = read_predictions(path)
+    result = score_predictions(benchmark, predictions, options)
     result.predictions = str(Path(path).resolve())
+    if unreadable:
+        result.notes.append(f"{unreadable} lines of {Path(path).name} were not JSON rows and were skipped")
     return result
