@@ -150,8 +150,10 @@ def test_lite_uses_every_annotated_mask_and_the_cap(
     bench: dict[str, Path], capsys: pytest.CaptureFixture
 ) -> None:
     out = bench["root"] / "lite" / "q.jsonl"
-    assert run(bench, out, "--record-template", "--masks-per-object", "2", model=LITE, file="q-all") == 0
+    argv = ("--record-template", "--masks-per-object", "2", "--shard", "0/3")
+    assert run(bench, out, *argv, model=LITE, file="q-all") == 0
     rows = list(read_rows(out))
+    assert [r["id"] for r in rows] == ["0"]  # shard 0 of 3: items 0, 3, 6, ...
     assert rows[0]["provenance"]["variant"] == "lite"
     assert rows[0]["provenance"]["objects"] == {"masks_per_object": 2, "max_region_tokens": None}
     # Object masks on frames 1 and 7 of the 3-fps folder (5 dropped by the cap), no frame tokens.
