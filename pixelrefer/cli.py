@@ -217,11 +217,11 @@ def _chat(args: argparse.Namespace) -> int:
         limits.check_question(args.question.strip())
         limits.check_object_count(len(objects) - 1)
         limits.check_new_tokens(args.max_new_tokens)
+        settings = settings_from_flags(args)
     except InputError as exc:
         raise CliError(str(exc)) from exc
 
     from .chat.session import ChatSession
-    from .model.generation import GenerationSettings
     from .model.inference import PixelRefer
 
     out = sys.stdout
@@ -234,13 +234,6 @@ def _chat(args: argparse.Namespace) -> int:
         session = ChatSession(model, **media, limits=limits)
         for masks in objects:
             session.add_object(masks, marked_frames=list(masks))
-        settings = GenerationSettings(
-            max_new_tokens=args.max_new_tokens,
-            do_sample=args.sample,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-        )
         exchange = session.final(session.ask(args.question, settings), None if args.json else _printer(out))
 
     if args.json:
@@ -276,23 +269,15 @@ def _load(args: argparse.Namespace):
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from .batch import Waiting, check_items, check_sampling_flags, run_batch
+    from .batch import Waiting, check_items, run_batch
     from .engines import build_engine
-    from .model.generation import GenerationSettings
 
     items = _existing(args.items, "items file")
     match = re.fullmatch(r"(\d+)/(\d+)", args.shard)
     if not match or not int(match[1]) < int(match[2]):
         raise CliError(f"--shard is K/N with 0 <= K < N; got {args.shard!r}")
     try:
-        check_sampling_flags(args.sample, args.temperature, args.top_p)
-        settings = GenerationSettings(
-            max_new_tokens=args.max_new_tokens,
-            do_sample=args.sample,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-        )
+        settings = settings_from_flags(args)
     except InputError as exc:
         raise CliError(str(exc)) from exc
     shard = (int(match[1]), int(match[2]))

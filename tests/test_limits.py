@@ -1,5 +1,5 @@
-"""Limits as configuration: one place (`pixelrefer.media.limits`, `AppSettings`), the README's table in step
-with the defaults, a flag and an environment variable for each, and one precise message per limit."""
+"""Limits as configuration: one place (`pixelrefer.media.limits`, `AppSettings`), the table of docs/limits.md
+in step with the defaults, a flag and an environment variable for each, and one precise message per limit."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ SHORT = GenerationSettings(max_new_tokens=3)
 
 
 def limits_table() -> list[dict[str, str]]:
-    """The README's "## Limits" table, one dict per row keyed by the header."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Limits\n", 1)[1].split("\n## ", 1)[0]
+    """The table of docs/limits.md ("## The limits"), one dict per row keyed by the header."""
+    text = (REPO / "docs" / "limits.md").read_text()
+    section = text.split("\n## The limits\n", 1)[1].split("\n## ", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     rows = []

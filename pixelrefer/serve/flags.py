@@ -11,6 +11,8 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..runtime.errors import InputError
+
 if TYPE_CHECKING:
     from ..model.generation import GenerationSettings
 
@@ -72,5 +74,14 @@ def generation_settings(
 
 
 def settings_from_flags(args: argparse.Namespace) -> GenerationSettings:
-    """`generation_settings` from the flags `add_generation_flags` declared."""
+    """`generation_settings` from the flags `add_generation_flags` declared. `--temperature` or `--top-p`
+    without `--sample` is refused: greedy decoding would ignore them without a word."""
+    given = [
+        flag
+        for flag, value in (("--temperature", args.temperature), ("--top-p", args.top_p))
+        if value is not None
+    ]
+    if given and not args.sample:
+        verb = "apply" if len(given) > 1 else "applies"
+        raise InputError(f"{' and '.join(given)} only {verb} when sampling: add --sample, or leave them out")
     return generation_settings(args.max_new_tokens, args.sample, args.temperature, args.top_p, args.seed)

@@ -73,7 +73,7 @@ class AppSettings:
     queue), `max_sessions` and `session_ttl_s` (visitor workspaces kept in memory), `ram_budget_gb` and
     `gpu_budget_gb` (the memory all visitors may hold; None: what is free once the model is loaded, minus
     headroom, see `pixelrefer.serve.budget`). Each has a flag and an
-    environment variable (`--max-objects` / `PIXELREFER_MAX_OBJECTS`); the README's Limits table lists them.
+    environment variable (`--max-objects` / `PIXELREFER_MAX_OBJECTS`); docs/limits.md lists them.
     What a visitor could otherwise do to everyone is off unless the operator enables it: switching the model
     (`--allow-model-switch`) and Gradio's traffic dashboard (`--monitoring`).
     """
@@ -157,7 +157,7 @@ class AppSettings:
             help="serve Gradio's /monitoring dashboard and summary",
         )
         HttpLimits.add_arguments(parser, default)
-        limits = parser.add_argument_group("limits (see the README's Limits table)")
+        limits = parser.add_argument_group("limits (see docs/limits.md)")
         for name, where in (("ram", "RAM"), ("gpu", "each GPU")):
             limits.add_argument(
                 f"--{name}-budget-gb",
