@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_chat import SHAPES, image_session, session_question, video_session  # noqa: E402
 
 from pixelrefer import ChatSession, GenerationSettings, PixelRefer  # noqa: E402
-from pixelrefer.chat.warmup import Gate, Warmer  # noqa: E402
+from pixelrefer.chat.gate import Gate  # noqa: E402
+from pixelrefer.chat.warmup import Warmer  # noqa: E402
 from pixelrefer.model.synthetic import build_checkpoint  # noqa: E402
 
 SCENARIOS = [("image, 3 objects", "image"), ("clip, 2 objects", "video")]

@@ -30,9 +30,10 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .chat.limits import ChatLimits
 from .chat.session import ChatSession
 from .media.images import load_image
-from .media.limits import ChatLimits, MediaLimits
+from .media.limits import MediaLimits
 from .media.masks import fit_mask as fit_frame_mask
 from .media.masks import load_mask_png, mask_from_rle, to_bool_mask
 from .model.generation import GenerationSettings
@@ -355,7 +356,7 @@ class Progress:
 
 
 def _error_text(exc: BaseException) -> str:
-    from .serve.redact import scrub
+    from .runtime.redact import scrub
 
     return scrub(" ".join(str(exc).split()) or type(exc).__name__)
 

@@ -35,9 +35,9 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from transformers import LogitsProcessor
 
-from pixelrefer.engines import transformers_engine
 from pixelrefer.media.masks import mask_from_rle, object_color
 from pixelrefer.media.video import load_clip, probe_video, read_frames
+from pixelrefer.model import engine as transformers_engine
 
 from .app_media import SceneClip, SceneImage, iou, write_scene_clip, write_scene_image
 from .conftest import APP_PREVIEW_MAX_NEW_TOKENS, REPO, PreviewApp, fixtures_root, free_port

@@ -119,7 +119,7 @@ def test_a_cancelled_api_answer_stops_within_one_token_and_frees_the_model(
         assert wait_for(lambda: decoder_steps.count >= 20), "the answer never started"
         job.cancel()
         assert wait_for(lambda: decoder_steps.at_stop is not None), "the cancel never reached the worker"
-        assert wait_for(lambda: not model._lock.locked(), timeout_s=10), "the model is still held"
+        assert wait_for(lambda: not model.lock.locked(), timeout_s=10), "the model is still held"
         settled = decoder_steps.count
         time.sleep(0.5)
         assert decoder_steps.count == settled, "decoding went on after the cancel"
@@ -192,4 +192,4 @@ def test_a_cancelled_tracking_run_stops_within_one_frame(
 @pytest.fixture(autouse=True)
 def _no_stray_work(preview_app: PreviewApp) -> Iterator[None]:
     yield
-    assert wait_for(lambda: not preview_app.service.model._lock.locked(), timeout_s=10)
+    assert wait_for(lambda: not preview_app.service.model.lock.locked(), timeout_s=10)

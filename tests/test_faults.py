@@ -23,9 +23,9 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from pixelrefer import cli
+from pixelrefer.chat.limits import ChatLimits
 from pixelrefer.chat.session import ChatSession, Exchange
 from pixelrefer.media import limits as limits_module
-from pixelrefer.media.limits import ChatLimits
 from pixelrefer.model.generation import GenerationSettings
 from pixelrefer.model.synthetic import build_checkpoint
 from pixelrefer.serve.render import history

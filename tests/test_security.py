@@ -30,7 +30,7 @@ from pixelrefer.media.limits import MediaRejected
 from pixelrefer.media.video import load_clip
 from pixelrefer.model.inference import PixelRefer
 from pixelrefer.runtime.hub import WeightsUnavailable
-from pixelrefer.serve.redact import scrub
+from pixelrefer.runtime.redact import scrub
 from pixelrefer.serve.service import AppSettings, Service
 from pixelrefer.serve.workspace import Workspace
 

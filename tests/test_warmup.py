@@ -14,8 +14,10 @@ import pytest
 from torch import nn
 
 from pixelrefer import ChatLimits, ChatSession, GenerationSettings, PixelRefer, load_image
-from pixelrefer.chat.warmup import Gate, Warmer
+from pixelrefer.chat.gate import Gate
+from pixelrefer.chat.warmup import Warmer
 from pixelrefer.media.video import load_frame_folder
+from pixelrefer.model.engine import DecodeEngine
 from pixelrefer.serve.service import AppSettings, Service
 from pixelrefer.serve.workspace import Workspace
 
@@ -231,8 +233,14 @@ def test_warm_up_keeps_the_session_limits(model) -> None:
 
 
 def test_an_engine_without_a_prefix_cache_gets_embeddings_only(model, monkeypatch) -> None:
-    class Remote:
+    class Remote(DecodeEngine):
+        """An engine that keeps no prefix of its own (the interface's default `warm_prefix`)."""
+
         name = "remote"
+        max_concurrency = 1
+
+        def decode(self, request):
+            raise AssertionError("a warm-up never decodes")
 
     monkeypatch.setattr(model, "engine", Remote())
     session = image_session(model)

@@ -34,14 +34,16 @@ from typing import Literal
 import numpy as np
 
 from ..media.images import ImageInput, load_image
-from ..media.limits import ChatLimits
 from ..media.video import Clip
 from ..model.cache import FeatureCache, PrefixCache
 from ..model.generation import GenerationSettings
-from ..model.inference import PixelRefer, Prepared, Video, frame_mask
+from ..model.inference import PixelRefer
+from ..model.planning import Prepared, Video, frame_mask
 from ..model.processing import ObjectRef, Piece, Turn
 from ..runtime.errors import InputError
-from .warmup import Gate, WarmPlan, WarmReport, warm_up
+from .gate import Gate
+from .limits import ChatLimits
+from .warmup import WarmPlan, WarmReport, warm_up
 
 __all__ = ["ChatLimits", "ChatObject", "ChatSession", "Exchange", "Reply", "parse_question"]
 
@@ -381,9 +383,14 @@ class ChatSession:
         prepared = self.model.prepare(
             turns=self._turns(exchange), regions=regions, seed=exchange.settings.seed, **self._media(regions)
         )
-        context = int(getattr(self.model.config, "max_position_embeddings", 32768))
-        self.limits.check_prompt(prepared.lm_length, exchange.settings.max_new_tokens, context)
+        self.check_prompt(prepared, exchange.settings.max_new_tokens)
         return prepared
+
+    def check_prompt(self, prepared: Prepared, max_new_tokens: int) -> None:
+        """Refuse a prompt that, with `max_new_tokens` more, breaks the prompt limit or the model's context
+        (a warm-up checks its prompt with one new token, the question's own)."""
+        context = int(getattr(self.model.config, "max_position_embeddings", 32768))
+        self.limits.check_prompt(prepared.lm_length, max_new_tokens, context)
 
     # ------------------------------------------------------------------ warming up
 
@@ -497,7 +504,6 @@ class ChatSession:
         return exchange
 
     def stop(self) -> None:
-
         """End the answer being generated (within one decoding step); the session stays usable."""
         self._stop.set()
 

@@ -11,6 +11,10 @@ the worker waits at its next torch operation while any runs. A job whose session
 (`ChatSession.version`) stops at its next operation and stores nothing. Both caches check content (feature
 keys are digests, prefix rows are compared), so even a late result could never be wrong, only wasted. It is
 not a Gradio event, so it does not count against the model queue.
+
+On a GPU a paused job does not keep what it computed so far (activations, a copy of the KV prefix) beside
+the visitor's answer: it unwinds, freeing all of it, and starts over once the gate is idle (`drop_on_pause`;
+on the CPU it keeps its work and resumes, since memory there is not what runs out first).
 """
 
 from __future__ import annotations
@@ -19,91 +23,30 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch.overrides import TorchFunctionMode
 
-from ..engines.transformers_engine import TransformersEngine
-from ..model.cache import FeatureCache, PrefixCache
-from ..model.inference import Embedded, PixelRefer
+from ..model.cache import FeatureCache
 from ..model.processing import Turn
-from ..runtime.errors import InputError, Stopped
+from ..runtime.errors import InputError
+from .gate import Cancelled, Gate
 
 if TYPE_CHECKING:
     from .session import ChatSession
 
-__all__ = ["Cancelled", "Gate", "WarmPlan", "WarmReport", "Warmer", "prefill", "warm_up"]
+__all__ = ["WarmPlan", "WarmReport", "Warmer", "warm_up"]
+
 
 _log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
-
-class Cancelled(Stopped):
-    """The session changed or closed while its warm-up ran; the work is dropped."""
-
-
-class Gate:
-    """The model events in flight; background work runs only while there are none.
-
-    Model events enter with `event()` (or `hold()` for a streamed answer). The worker waits for the gate
-    to be idle before every torch operation (`wait_idle`), and stores its results in `exclusive()`, which
-    an event entering meanwhile waits for (a few dictionary and tensor-reference updates).
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._events = 0
-        self._exclusive = False
-
-    @contextmanager
-    def event(self) -> Iterator[None]:
-        with self._cond:
-            while self._exclusive:
-                self._cond.wait()
-            self._events += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._events -= 1
-                self._cond.notify_all()
-
-    def hold(self, items: Iterable[T]) -> Iterator[T]:
-        """Iterate `items` as one model event: an answer is in flight for as long as it streams."""
-        with self.event():
-            yield from items
-
-    @property
-    def busy(self) -> bool:
-        return self._events > 0
-
-    def wait_idle(self, alive: Callable[[], bool]) -> None:
-        """Return once no event runs; raise `Cancelled` as soon as `alive()` turns false."""
-        with self._cond:
-            while self._events and alive():
-                self._cond.wait(0.05)
-        if not alive():
-            raise Cancelled
-
-    @contextmanager
-    def exclusive(self, alive: Callable[[], bool]) -> Iterator[None]:
-        with self._cond:
-            while self._events and alive():
-                self._cond.wait(0.05)
-            if not alive():
-                raise Cancelled
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
+class _Paused(Exception):
+    """A model event entered while a job that drops its work on pause was running: unwind and start over."""
 
 
 @dataclass
@@ -128,6 +71,8 @@ class WarmReport:
     seconds: float = 0.0
     paused_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    restarts: int = 0
+    """How often the job dropped its work for a model event and started over (`drop_on_pause`)."""
 
 
 class _Staging(FeatureCache):
@@ -146,23 +91,6 @@ class _Staging(FeatureCache):
             self._shared.put(key, value)
 
 
-def prefill(model: PixelRefer, embedded: Embedded, prefix: PrefixCache) -> int | None:
-    """The KV-prefix step of the decode path: the rows it computed, or None when it was skipped.
-
-    An engine that keeps a prefix cache warms it with its own `warm_prefix(inputs_embeds, prefix)`
-    (a serving engine would send the rows as a one-token request). The in-process transformers engine
-    fills `prefix` (`PrefixCache.fill`, its first decoding step without the logits). Any other engine is
-    skipped: the warm-up then precomputes only the embeddings.
-    """
-    engine = model.engine
-    warm = getattr(engine, "warm_prefix", None)
-    if warm is not None:
-        return warm(embedded.inputs_embeds, prefix)
-    if isinstance(engine, TransformersEngine):
-        return prefix.fill(model.model, embedded.inputs_embeds)
-    return None
-
-
 class _PausePoints(TorchFunctionMode):
     """Every torch call of the warm-up's thread first passes `job.checkpoint()`: the worker stops within one
     operation (a matmul, not a layer) when a model event enters. A torch-function mode is thread-local, so
@@ -178,18 +106,25 @@ class _PausePoints(TorchFunctionMode):
 
 
 class _Job:
-    def __init__(self, session: ChatSession, plan: WarmPlan, gate: Gate | None) -> None:
+    def __init__(
+        self, session: ChatSession, plan: WarmPlan, gate: Gate | None, drop_on_pause: bool | None = None
+    ) -> None:
         self.session = session
         self.plan = plan
         self.gate = gate
         self.cancelled = threading.Event()
         self.paused_s = 0.0
+        self.restarts = 0
+        self.drop_on_pause = drop_on_pause
+        """None: when the model is on a GPU."""
 
     def alive(self) -> bool:
         return not self.cancelled.is_set() and self.session.version == self.plan.version
 
     def checkpoint(self) -> None:
         if self.gate is not None and self.gate.busy:
+            if self.drop_on_pause:
+                raise _Paused
             began = time.perf_counter()
             self.gate.wait_idle(self.alive)
             self.paused_s += time.perf_counter() - began
@@ -201,13 +136,27 @@ class _Job:
 
     def run(self) -> WarmReport:
         began = time.perf_counter()
+        if self.drop_on_pause is None:
+            self.drop_on_pause = self.session.model.device.type == "cuda"
         try:
-            with _PausePoints(self):
-                report = self._run()
+            while True:
+                try:
+                    with _PausePoints(self):
+                        report = self._run()
+                    break
+                except _Paused:
+                    pass
+                # Waiting outside the handler: the exception's traceback (the attempt's frames, so its
+                # tensors) is gone by now.
+                self.restarts += 1
+                waited = time.perf_counter()
+                self.gate.wait_idle(self.alive)
+                self.paused_s += time.perf_counter() - waited
         except Cancelled:
             report = WarmReport(reason="cancelled: the objects or the conversation changed")
         report.seconds = time.perf_counter() - began
         report.paused_s = self.paused_s
+        report.restarts = self.restarts
         return report
 
     def _run(self) -> WarmReport:
@@ -217,8 +166,8 @@ class _Job:
         mark = time.perf_counter()
         try:
             prepared = model.prepare(turns=plan.turns, regions=plan.regions, seed=plan.seed, **plan.media)
-            context = int(getattr(model.config, "max_position_embeddings", 32768))
-            session.limits.check_prompt(prepared.lm_length, 1, context)
+            session.check_prompt(prepared, max_new_tokens=1)
+
         except InputError as exc:
             return WarmReport(reason=f"skipped: {exc}")
         timings["prepare_s"] = time.perf_counter() - mark
@@ -231,7 +180,9 @@ class _Job:
         with self.exclusive():
             prefix = session.prefix_cache.copy()
         mark = time.perf_counter()
-        rows = prefill(model, embedded, prefix)
+        # The engine says what it can pre-fill (`DecodeEngine.warm_prefix`): the in-process engine fills
+        # `prefix`; an engine that keeps no prefix returns None and the warm-up keeps the embeddings only.
+        rows = model.engine.warm_prefix(embedded.inputs_embeds, prefix)
         timings["prefill_s"] = time.perf_counter() - mark
         with self.exclusive(), session.version_lock:
             if not self.alive():
@@ -242,9 +193,11 @@ class _Job:
         return WarmReport(True, "", embedded.inputs_embeds.shape[1], rows, timings=timings)
 
 
-def warm_up(session: ChatSession, plan: WarmPlan, gate: Gate | None = None) -> WarmReport:
+def warm_up(
+    session: ChatSession, plan: WarmPlan, gate: Gate | None = None, *, drop_on_pause: bool | None = None
+) -> WarmReport:
     """Run one warm-up on this thread (`ChatSession.warm`, the worker); yields to `gate` when given."""
-    return _Job(session, plan, gate).run()
+    return _Job(session, plan, gate, drop_on_pause).run()
 
 
 class Warmer:
@@ -254,8 +207,10 @@ class Warmer:
     `drop(owner)` forgets it (the workspace closed). `reports` keeps the last report per owner.
     """
 
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, *, drop_on_pause: bool | None = None) -> None:
         self.gate = gate
+        self.drop_on_pause = drop_on_pause
+        """Whether a paused job frees its work and starts over (None: when the model is on a GPU)."""
         self._cond = threading.Condition()
         self._waiting: OrderedDict[int, _Job] = OrderedDict()
         self._running: tuple[int, _Job] | None = None
@@ -271,7 +226,7 @@ class Warmer:
             self._cancel(id(owner))
             if plan is None or self._closed:
                 return
-            self._waiting[id(owner)] = _Job(session, plan, self.gate)
+            self._waiting[id(owner)] = _Job(session, plan, self.gate, self.drop_on_pause)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="pixelrefer-warmup", daemon=True)
                 self._thread.start()

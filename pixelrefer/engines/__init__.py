@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import torch
-
 from ..runtime.errors import InputError
 from .base import DecodeEngine, DecodeRequest, EngineUnavailable
 
@@ -39,37 +37,21 @@ def build_engine(
     Raises `EngineUnavailable` when vLLM cannot be started or reached.
     """
     if name == "transformers":
-        from .transformers_engine import TransformersEngine
+        from ..model.engine import TransformersEngine
 
-        return TransformersEngine(model.model, model.generation_config, model._lock)
+        return TransformersEngine(model.model, model.generation_config, model.lock)
+
     if name != "vllm":
         raise InputError(f"Unknown engine '{name}': use {' or '.join(ENGINES)}")
-    from .export import export_llm
-    from .vllm_engine import VllmEngine
+    from .vllm_server import serve_checkpoint
 
-    export = export_llm(model.folder, model.dtype, cache_dir)
-    server = None
-    if not url:
-        from .vllm_server import VllmServer
-
-        if export.head_dim < 32 and not torch.cuda.is_available():
-            raise EngineUnavailable(
-                f"vLLM's CPU attention needs a head size of at least 32; this LLM's is {export.head_dim}"
-            )
-        options = {"max_num_seqs": max_concurrency, **(server_options or {})}
-        options.setdefault("dtype", str(model.dtype).removeprefix("torch."))
-        server = VllmServer(export, **options)
-        url = server.url
-    try:
-        return VllmEngine(
-            url,
-            export.name,
-            model.generation_config,
-            dtype=model.dtype,
-            max_concurrency=max_concurrency,
-            server=server,
-        )
-    except BaseException:
-        if server is not None:
-            server.close()
-        raise
+    return serve_checkpoint(
+        model.folder,
+        model.dtype,
+        model.placement.devices,
+        model.generation_config,
+        url=url,
+        max_concurrency=max_concurrency,
+        cache_dir=cache_dir,
+        server_options=server_options,
+    )
