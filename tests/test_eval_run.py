@@ -220,3 +220,79 @@ def test_a_bad_item_is_an_error_row_left_out_of_the_official_records(
     assert "10x10" in rows["0"]["error"] and rows["1"]["error"] is None
     official = [json.loads(line) for line in out.with_name("q_0.json").read_text().splitlines()]
     assert [r["video"] for r in official] == ["clip_b.mp4", "clip_a"]
+
+
+# Each reader once through a model (refl4 and lvis read as refl4-clair and paco do; their prompts are pinned
+# in test_eval_prompts.py).
+CASES = [
+    ("videorefer-d", "d", FULL),
+    ("hcstvg", "hcstvg", FULL),
+    ("hcstvg", "hcstvg-lite", LITE),
+    ("paco", "lvis", LITE),
+    ("dlc", "dlc", FULL),
+    ("ferret", "ferret", LITE),
+    ("vg", "vg", FULL),
+    ("refl4-clair", "refl4", FULL),
+]
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[Path, PixelRefer]:
+    return {
+        path: PixelRefer.from_pretrained(str(path), device="cpu", dtype="float32") for path in (FULL, LITE)
+    }
+
+
+@pytest.mark.parametrize(("name", "file", "checkpoint"), CASES)
+def test_every_benchmark_runs_through_the_model_into_official_records(
+    name: str,
+    file: str,
+    checkpoint: Path,
+    models: dict[Path, PixelRefer],
+    tmp_path: Path,
+    bench: dict[str, Path],
+) -> None:
+    from pixelrefer.eval.benchmarks import read_benchmark
+    from pixelrefer.eval.provenance import provenance
+    from pixelrefer.eval.rows import OFFICIAL_KEYS
+    from pixelrefer.eval.run import plan_items, run_eval, write_official
+
+    writers = {
+        "d": data.videorefer_d,
+        "hcstvg": data.hcstvg_full,
+        "hcstvg-lite": data.hcstvg_lite,
+        "lvis": lambda p: data.osprey(p, ("cat", "dog:ear", "bird")),
+        "dlc": data.dlc,
+        "ferret": data.ferret,
+        "vg": data.vg,
+        "refl4": data.refl4,
+    }
+    annotations = writers[file](tmp_path / f"{file}.json")
+    model = models[checkpoint]
+    root = bench["media"] / "dlc" if name == "dlc" else bench["media"]
+    plans = plan_items(read_benchmark(name, annotations), name, model.variant, root)
+    assert plans and all(not p.problem for p in plans)
+    settings = GenerationSettings(max_new_tokens=3)
+    record = provenance(
+        benchmark=name,
+        annotations=annotations,
+        model=str(checkpoint),
+        revision=None,
+        variant=model.variant,
+        dtype="float32",
+        engine="transformers",
+        quantization="none",
+        settings=settings,
+        masks_per_object=None,
+        max_region_tokens=None,
+    )
+    out = tmp_path / "p.jsonl"
+    summary = run_eval(model, name, plans, out, provenance=record, settings=settings, progress=None)
+    assert (summary.answered, summary.failed) == (len(plans), 0)
+    written, left_out = write_official(out, tmp_path / "p_0.json")
+    records = [json.loads(line) for line in (tmp_path / "p_0.json").read_text().splitlines()]
+    assert (written, left_out) == (len(plans), 0)
+    assert all(tuple(r) == OFFICIAL_KEYS[name] for r in records)
+    rows = sorted(read_rows(out), key=lambda r: r["index"])
+    assert [r["pred"] for r in records] == [r["prediction"] for r in rows]
+    assert all(r["prompt"] == p.prompt for r, p in zip(rows, plans, strict=True))
