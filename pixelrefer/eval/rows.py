@@ -19,9 +19,10 @@ One row per benchmark item, in the annotation file's order within a shard:
 "Answer", "type", "video", "image", "region_num", "question_id", "category", "id") plus the item's
 own question data where there is one ("Question", "options" for VideoRefer-Bench-Q; "text" for Ferret).
 
-`provenance` keys: model, revision, variant, dtype, engine, quantization, settings (max_new_tokens,
-do_sample, temperature, top_p, seed), objects (masks_per_object, object_budget), package_version,
-annotations (the file's name and SHA-256). Resuming a run whose provenance differs is refused.
+`provenance` keys (`provenance.py`): benchmark, annotations (the file's name and SHA-256), model,
+revision, variant, dtype, engine, quantization, settings (max_new_tokens, do_sample, temperature, top_p,
+seed), objects (masks_per_object, max_region_tokens), package_version. Resuming a run whose provenance
+differs is refused.
 
 `official_record(row)` gives the record the official inference script of that benchmark writes, so the
 official scorers read our predictions unchanged.
