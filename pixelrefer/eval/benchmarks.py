@@ -41,12 +41,11 @@ class EvalItem:
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A benchmark: its reader and where its data comes from (for `--help` and the docs)."""
+    """A benchmark: its reader, and its annotation file and media folder as `eval run --help` lists them."""
 
     name: str
-    modality: Literal["image", "video"]
-    read: Callable[[Any], list[EvalItem]]
-    data: str
+    read: Callable[[Path], list[EvalItem]]
+    files: str
 
 
 def _load_json(path: Path) -> Any:
@@ -290,17 +289,21 @@ BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
         Benchmark(
-            "videorefer-q", "video", read_videorefer_q, "DAMO-NLP-SG/VideoRefer-Bench (Lite: -allframe)"
+            "videorefer-q",
+            read_videorefer_q,
+            "VideoRefer-Bench-Q.json (Lite: VideoRefer-Bench-Q-allframe.json) -> the videos' folder",
         ),
-        Benchmark("videorefer-d", "video", read_videorefer_d, "DAMO-NLP-SG/VideoRefer-Bench"),
-        Benchmark("hcstvg", "video", read_hcstvg, "CircleRadon/referring_evaluation hc_stvg_val.json"),
-        Benchmark("lvis", "image", read_osprey, "sunshine-lwt/Osprey-ValData lvis_val_1k_category.json"),
-        Benchmark("paco", "image", read_osprey, "sunshine-lwt/Osprey-ValData paco_val_1k_category.json"),
-        Benchmark("dlc", "image", read_dlc, "nvidia/DLC-Bench annotations.json"),
-        Benchmark("ferret", "image", read_ferret, "Osprey's ferret-bench/box_refer_reason.json"),
-        Benchmark("vg", "image", read_vg, "CircleRadon/referring_evaluation vg_val_5000.json"),
-        Benchmark("refl4", "image", read_refl4, "CircleRadon/referring_evaluation ref-l4-val.json"),
-        Benchmark("refl4-clair", "image", read_refl4, "CircleRadon/referring_evaluation ref-l4-val.json"),
+        Benchmark("videorefer-d", read_videorefer_d, "VideoRefer-Bench-D.json -> Panda-70M-part"),
+        Benchmark(
+            "hcstvg", read_hcstvg, "hc_stvg_val.json (Lite: hc-stvg-val-allframe.json) -> HC-STVG/video_parts"
+        ),
+        Benchmark("lvis", read_osprey, "Osprey's lvis_val_1k_category.json -> COCO (train2017/, val2017/)"),
+        Benchmark("paco", read_osprey, "Osprey's paco_val_1k_category.json -> COCO (train2017/, val2017/)"),
+        Benchmark("dlc", read_dlc, "DLC-Bench/annotations.json -> DLC-Bench/images"),
+        Benchmark("ferret", read_ferret, "Osprey's box_refer_reason.json -> COCO (train2017/, val2017/)"),
+        Benchmark("vg", read_vg, "vg_val_5000.json -> the VG images' folder"),
+        Benchmark("refl4", read_refl4, "Ref-L4's ref-l4-val.json -> Ref-L4/images"),
+        Benchmark("refl4-clair", read_refl4, "Ref-L4's ref-l4-val.json -> Ref-L4/images"),
     )
 }
 

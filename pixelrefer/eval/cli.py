@@ -24,18 +24,13 @@ from .score_cli import add_score_parser
 
 __all__ = ["add_eval_parser", "run_eval_command"]
 
-_EPILOG = """\
-benchmarks (annotation file -> --media-root):
-  videorefer-q   VideoRefer-Bench-Q.json (Lite: VideoRefer-Bench-Q-allframe.json) -> the videos' folder
-  videorefer-d   VideoRefer-Bench-D.json -> Panda-70M-part
-  hcstvg         hc_stvg_val.json (Lite: hc-stvg-val-allframe.json) -> HC-STVG/video_parts
-  lvis, paco     Osprey's lvis_val_1k_category.json / paco_val_1k_category.json -> COCO (train2017/, val2017/)
-  dlc            DLC-Bench/annotations.json -> DLC-Bench/images
-  ferret         box_refer_reason.json -> COCO (train2017/, val2017/)
-  vg             vg_val_5000.json -> the VG images' folder
-  refl4, refl4-clair   Ref-L4 ref-l4-val.json -> Ref-L4/images
-See docs/eval.md for the prompts, masks and where this differs from the official scripts.
-"""
+_EPILOG = "\n".join(
+    [
+        "benchmarks (annotation file -> --media-root):",
+        *(f"  {b.name:<13} {b.files}" for b in BENCHMARKS.values()),
+        "See docs/eval.md for the prompts, masks and where this differs from the official scripts.",
+    ]
+)
 
 
 def add_eval_parser(commands: argparse._SubParsersAction) -> None:

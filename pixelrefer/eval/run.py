@@ -48,6 +48,7 @@ __all__ = [
     "RunSummary",
     "check_resume",
     "plan_items",
+    "problems_summary",
     "run_eval",
     "write_official",
 ]
