@@ -32,7 +32,8 @@ import uvicorn
 from PIL import Image
 
 from pixelrefer import ChatSession, GenerationSettings, PixelRefer
-from pixelrefer.media.masks import mask_to_png, mask_to_rle
+from pixelrefer.media.images import shrink_image
+from pixelrefer.media.masks import fit_mask, mask_to_png, mask_to_rle
 from pixelrefer.media.video import load_clip, read_frames
 from pixelrefer.model.synthetic import TINY, ModelShape, build_checkpoint
 from pixelrefer.serve.openai_api import ApiOptions, OpenAIServer
@@ -236,6 +237,23 @@ def test_one_clients_conversation_never_serves_another(serve) -> None:
     ]
     assert ask(running.client("key-b"), history).pixelrefer["conversation"] == "new"
     assert ask(running.client("key-a"), history).pixelrefer["conversation"] == "continued"
+    # without keys a client is its address; behind a declared proxy, the address the proxy recorded
+    proxied = serve(trusted_proxies=1)
+
+    def client(address: str) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{proxied.url}/v1",
+            api_key="x",
+            max_retries=0,
+            default_headers={"X-Forwarded-For": address},
+        )
+
+    history[1] = {
+        "role": "assistant",
+        "content": ask(client("10.0.0.1"), history[:1]).choices[0].message.content,
+    }
+    assert ask(client("10.0.0.2"), history).pixelrefer["conversation"] == "new"
+    assert ask(client("10.0.0.1"), history).pixelrefer["conversation"] == "continued"
 
 
 def test_png_and_alpha_channel_regions_equal_rle(api: Running) -> None:
@@ -247,6 +265,34 @@ def test_png_and_alpha_channel_regions_equal_rle(api: Running) -> None:
     rgba = np.dstack([PICTURE, MASKS[0].astype(np.uint8) * 255])
     by_alpha = ask(api.client(), [image_message("Describe <object1>.", rgba)], regions=None)
     assert by_alpha.choices[0].token_ids == one
+
+
+def test_a_large_picture_is_shrunk_with_its_masks(serve, models: dict[str, PixelRefer]) -> None:
+    small = replace(SETTINGS, media=replace(SETTINGS.media, max_side=64))
+    reply = ask(serve(settings=small).client(), [image_message(QUESTION)])
+    held = shrink_image(PICTURE, 64)
+    assert held.shape[:2] == (48, 64)
+    masks = [fit_mask(m, held.shape[:2], source_shape=(H, W)) for m in MASKS]
+    (expected,) = library_ids(models["full"], [QUESTION], picture=held, masks=masks)
+    assert reply.choices[0].token_ids == expected
+
+
+def test_clients_asking_at_once_get_their_own_answers(serve, models: dict[str, PixelRefer]) -> None:
+    running = serve(api_keys=("a", "b", "c"))
+    pictures = {key: textured(H, W, seed) for seed, key in enumerate("abc", start=5)}
+    answers: dict[str, list[int]] = {}
+
+    def one(key: str) -> None:
+        reply = ask(running.client(key), [image_message(QUESTION, pictures[key])])
+        answers[key] = reply.choices[0].token_ids
+
+    threads = [threading.Thread(target=one, args=(key,)) for key in pictures]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    expected = {key: library_ids(models["full"], [QUESTION], picture=p)[0] for key, p in pictures.items()}
+    assert answers == expected and len({tuple(ids) for ids in expected.values()}) > 1
 
 
 def test_a_clip_with_masks_on_the_files_frames(
@@ -329,13 +375,13 @@ REFUSALS = {
         lambda: [image_message(QUESTION)],
         [mask_to_rle(np.ones((H, W + 1), bool)), RLES[1]],
         400,
-        "is 129x96 but the picture is 128x96",
+        "is 129x96 but its frame is 128x96",
     ),
     "PNG mask of another size": (
         lambda: [image_message(QUESTION)],
         [data_url(mask_to_png(np.ones((H + 2, W), bool))), RLES[1]],
         400,
-        "is 128x98 but the picture is 128x96",
+        "is 128x98 but its frame is 128x96",
     ),
     "object3 with 2 regions": (
         lambda: [image_message("What about <object3>?")],
@@ -445,6 +491,17 @@ def test_waiting_requests_per_client(serve) -> None:
     error = refusal(lambda: ask(client, [image_message(QUESTION)]))
     assert error.status_code == 429 and "limit is 1" in error.body["message"]
     stream.close()
+    full = serve(settings=replace(SETTINGS, max_new_tokens=4000, queue_size=1), api_keys=("a", "b", "c"))
+    running = ask(full.client("a"), [image_message(QUESTION)], stream=True, max_tokens=4000)
+    next(iter(running))  # answering
+    waiting = threading.Thread(target=ask, args=(full.client("b"), [image_message(QUESTION)]))
+    waiting.start()  # waits for the model: the server holds one running and one waiting request
+    while len(full.server._waiting) < 2:
+        time.sleep(0.01)
+    error = refusal(lambda: ask(full.client("c"), [image_message(QUESTION)]))
+    assert error.status_code == 429 and error.body["code"] == "server_busy"
+    running.close()
+    waiting.join(timeout=60)
     deadline = time.monotonic() + 20
     while one.server._waiting and time.monotonic() < deadline:  # the cut answer frees its place
         time.sleep(0.05)

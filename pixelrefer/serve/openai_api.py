@@ -40,6 +40,7 @@ from starlette.routing import Route
 from ..chat.session import ChatSession, Exchange, Reply
 from ..model.inference import PixelRefer
 from ..runtime.errors import InputError
+from .clients import client_of
 from .openai_conversations import ConversationStore, MediaAccess, open_session
 from .openai_request import ChatRequest, RequestRefused, parse_request
 from .service import AppSettings
@@ -62,6 +63,7 @@ class ApiOptions:
     plus 8 MB for regions. `max_waiting_per_client`: requests one client may have waiting or running.
     `stall_timeout_s`: how long a stream (or a request body) may stall before it is cut. `max_conversations`,
     `conversation_memory_mb` and `conversation_ttl_s` bound the conversations kept for follow-ups.
+    `trusted_proxies`: proxies in front of the server that append to X-Forwarded-For (`clients.client_of`).
     """
 
     api_keys: tuple[str, ...] = ()
@@ -73,6 +75,7 @@ class ApiOptions:
     conversation_memory_mb: float = 4096.0
     conversation_ttl_s: float = 1800.0
     served_model_name: str = ""
+    trusted_proxies: int = 0
 
 
 def _error(
@@ -288,7 +291,7 @@ class OpenAIServer:
                     code="invalid_api_key",
                 )
             return "key:" + hashlib.sha256(token.encode()).hexdigest()[:32]
-        return "peer:" + (request.client.host if request.client else "unknown")
+        return "peer:" + client_of(request.scope, self.options.trusted_proxies)
 
     def _admit(self, client: str) -> Response | None:
         """A 429 when this client has too many requests in, or the server as a whole is full."""
@@ -632,6 +635,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-waiting-per-client", type=int, default=4)
     parser.add_argument("--stall-timeout-s", type=float, default=30.0)
     parser.add_argument("--conversation-memory-mb", type=float, default=4096.0)
+    parser.add_argument(
+        "--trusted-proxies",
+        type=int,
+        default=int(env.get("PIXELREFER_TRUSTED_PROXIES", "0")),
+        help="proxies in front that append to X-Forwarded-For (the client is the address they recorded)",
+    )
     return parser
 
 
@@ -650,6 +659,7 @@ def _options(args: argparse.Namespace, settings: AppSettings) -> ApiOptions:
         conversation_memory_mb=args.conversation_memory_mb,
         conversation_ttl_s=settings.session_ttl_s,
         served_model_name=args.served_model_name,
+        trusted_proxies=max(0, args.trusted_proxies),
     )
 
 
@@ -680,7 +690,14 @@ def main(argv: list[str] | None = None) -> int:
             f"Serving {server.name} ({model.engine.name} engine) at http://{args.host}:{args.port}/v1; {key_note}",
             flush=True,
         )
-        uvicorn.run(server.app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+        uvicorn.run(  # X-Forwarded-For is read by `client_of` alone, with --trusted-proxies
+            server.app,
+            host=args.host,
+            port=args.port,
+            log_level="info",
+            proxy_headers=False,
+            timeout_graceful_shutdown=5,
+        )
         return 0
     finally:
         service.close()

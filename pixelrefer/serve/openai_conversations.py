@@ -27,12 +27,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from ..chat.session import ChatLimits, ChatSession, Exchange, parse_question
-from ..media.images import load_image
+from ..media.images import load_image, shrink_image
 from ..media.limits import MediaLimits
+from ..media.masks import fit_mask
 from ..media.video import load_clip, probe_video, read_frames
 from ..model.generation import GenerationSettings
 from ..model.inference import PixelRefer
@@ -95,13 +93,6 @@ def _media_bytes(part: MediaPart, access: MediaAccess) -> bytes:
     return data
 
 
-def _shrunk(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A mask at (width, height), when its picture was shrunk to fit the server's limits."""
-    if mask.shape[::-1] == tuple(size):
-        return mask
-    return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
-
-
 def _image_session(
     model: PixelRefer, request: ChatRequest, data: bytes, access: MediaAccess, chat: ChatLimits
 ) -> ChatSession:
@@ -124,12 +115,11 @@ def _image_session(
                 param="regions",
             )
         objects = [{0: alpha}]
-    size = access.limits.fit_size(shape[1], shape[0])
-    if size != (shape[1], shape[0]):
-        picture = cv2.resize(picture, size, interpolation=cv2.INTER_AREA)
-    session = ChatSession(model, image=picture, limits=chat)
-    for masks in objects:
-        session.add_object({0: _shrunk(masks[0], size)})
+    held = shrink_image(picture, access.limits.max_side)
+    session = ChatSession(model, image=held, limits=chat)
+    for number, masks in enumerate(objects):
+        what = f"regions[{number}]"
+        session.add_object({0: fit_mask(masks[0], held.shape[:2], source_shape=shape, what=what)})
     return session
 
 
@@ -175,8 +165,11 @@ def _clip_session(
             )
         frames = dict(zip(extra, read_frames(path, extra, size=clip.size), strict=True)) if extra else {}
     session = ChatSession(model, clip=clip, extra_frames=frames, limits=chat)
-    for masks in objects:
-        session.add_object({f: _shrunk(m, clip.size) for f, m in masks.items()})
+    held = clip.frames[0].shape[:2]
+    for number, masks in enumerate(objects):
+        what = f"regions[{number}]"
+        fitted = {f: fit_mask(m, held, source_shape=clip.source_shape, what=what) for f, m in masks.items()}
+        session.add_object(fitted)
     return session, clip.notes
 
 

@@ -66,8 +66,7 @@ def decode_rle(rle: Any, shape: tuple[int, int], param: str) -> np.ndarray:
     height, width = size
     if (height, width) != tuple(shape):
         raise RequestRefused(
-            f"{param} is {width}x{height} but the picture is {shape[1]}x{shape[0]} (width x height): "
-            "a mask must be drawn on the picture it marks",
+            f"{param} is {width}x{height} but its frame is {shape[1]}x{shape[0]} (width x height)",
             param=param,
         )
     counts = rle["counts"]
@@ -100,8 +99,7 @@ def _png_mask(url: str, shape: tuple[int, int], limits: MediaLimits, param: str)
         raise RequestRefused(f"{param}: {exc}", param=param) from None
     if (height, width) != tuple(shape):
         raise RequestRefused(
-            f"{param} is {width}x{height} but the picture is {shape[1]}x{shape[0]} (width x height): "
-            "a mask must be drawn on the picture it marks",
+            f"{param} is {width}x{height} but its frame is {shape[1]}x{shape[0]} (width x height)",
             param=param,
         )
     return mask_from_png(data)
