@@ -102,19 +102,19 @@ def _shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def variant_of(source: str) -> str:
-    """The checkpoint's variant from its config.json alone (the weights are not read)."""
+def checkpoint_kind(source: str) -> tuple[str, int]:
+    """The checkpoint's variant and object tokens per mask, from its config.json alone (no weights read)."""
     from ..runtime.hub import resolve_source
 
     folder = resolve_source(source, allow_patterns=["config.json"])
     try:
-        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"{source}: config.json cannot be read ({exc})") from exc
     variants = {"pixelrefer_qwen2": "full", "pixelreferlite_qwen2": "lite"}
-    if model_type not in variants:
-        raise InputError(f"{source} is not a PixelRefer checkpoint (model_type {model_type!r})")
-    return variants[model_type]
+    if config.get("model_type") not in variants:
+        raise InputError(f"{source} is not a PixelRefer checkpoint (model_type {config.get('model_type')!r})")
+    return variants[config["model_type"]], int(config.get("mask_num", 32))
 
 
 def _official_path(args: argparse.Namespace, shard: int) -> Path:
@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"annotation file not found: {args.annotations}")
     if not root.is_dir():
         raise InputError(f"media root is not a folder: {args.media_root}")
-    variant = variant_of(args.model)
+    variant, mask_num = checkpoint_kind(args.model)
     if variant == "full" and (args.masks_per_object or args.max_region_tokens):
         print("note: --masks-per-object and --max-region-tokens apply to Lite only", file=sys.stderr)
     options = ObjectOptions(args.masks_per_object, args.max_region_tokens)
@@ -171,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         raise InputError(f"{annotations.name} is not a {args.benchmark} annotation file: {exc}") from exc
     print(f"checking {len(items)} items of {args.benchmark} ({variant} model)", file=sys.stderr)
-    plans = plan_items(items, args.benchmark, variant, root, options, stream=sys.stderr)
+    plans = plan_items(items, args.benchmark, variant, root, options, mask_num=mask_num, stream=sys.stderr)
     bad = problems_summary(plans)
     print(f"{len(plans) - bad} items ready, {bad} with problems", file=sys.stderr)
     if args.check:
