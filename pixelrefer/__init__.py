@@ -26,6 +26,8 @@ _EXPORTS = {
     "GenerationSettings": "model.generation",
     "GenerationTimeout": "model.generation",
     "WeightsUnavailable": "runtime.hub",
+    "InputError": "runtime.errors",
+    "Stopped": "runtime.errors",
     "ImageError": "media.images",
     "load_image": "media.images",
     "Chunk": "model.inference",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -23,10 +24,51 @@ def fixtures_root() -> Path:
     return Path(value).resolve() if value else (REPO / ".." / "shared" / "fixtures").resolve()
 
 
+# ---------------------------------------------------------------------- the tiny checkpoints' cases (chat, warm-up)
+
+TINY_VARIANTS = ["pixelrefer-tiny", "pixelrefer-lite-tiny"]
+
+
+@pytest.fixture(scope="module", params=TINY_VARIANTS)
+def model(request):
+    """Each tiny checkpoint of the fixtures, in float32 (their greedy ids were recorded in float32: bfloat16
+    flips near-tied steps). A test module with its own `model` fixture overrides this one."""
+    from pixelrefer import PixelRefer
+
+    return PixelRefer.from_pretrained(
+        str(fixtures_root() / request.param / "checkpoint"), device="cpu", dtype="float32"
+    )
+
+
+def fixture_case(model, name: str) -> tuple[Path, dict]:
+    """The folder and `case.json` of the fixture case `name` recorded for `model`'s variant."""
+    variant = "pixelrefer-tiny" if model.variant == "full" else "pixelrefer-lite-tiny"
+    folder = fixtures_root() / variant / "cases" / name
+    return folder, json.loads((folder / "case.json").read_text())
+
+
+def fixture_mask(path: Path):
+    """A fixture's mask PNG as a bool array."""
+    from pixelrefer import load_image
+
+    return load_image(path)[..., 0] > 0
+
+
+def image_session(model, **kwargs):
+    """A chat on the two-object image case, both objects added."""
+    from pixelrefer import ChatSession
+
+    folder, case = fixture_case(model, "image_2regions")
+    session = ChatSession(model, image=folder / case["image_file"], **kwargs)
+    for name in case["mask_files"]:
+        session.add_object(fixture_mask(folder / name))
+    return session
+
+
 @pytest.fixture(scope="session")
 def tiny_sam2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny random SAM 2.1 checkpoint (official layout), built once per test run."""
-    from pixelrefer.segment.sam import build_tiny_sam2
+    from .sam_builders import build_tiny_sam2
 
     return build_tiny_sam2(tmp_path_factory.mktemp("sam2-tiny"))
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,42 +12,15 @@ import torch
 from pixelrefer import ChatLimits, ChatSession, GenerationSettings, PixelRefer, load_image
 from pixelrefer.media.video import load_frame_folder
 
-from .conftest import fixtures_root
+from .conftest import fixture_case, fixture_mask, image_session
 
 QUESTION = "What is the relationship between <object1> and <object2>?"
-VARIANTS = ["pixelrefer-tiny", "pixelrefer-lite-tiny"]
-
-
-@pytest.fixture(scope="module", params=VARIANTS)
-def model(request) -> PixelRefer:
-    # float32: the fixtures' greedy ids were recorded in float32 (bfloat16 flips near-tied steps).
-    return PixelRefer.from_pretrained(
-        str(fixtures_root() / request.param / "checkpoint"), device="cpu", dtype="float32"
-    )
-
-
-def _case(model: PixelRefer, name: str) -> tuple[Path, dict]:
-    variant = "pixelrefer-tiny" if model.variant == "full" else "pixelrefer-lite-tiny"
-    folder = fixtures_root() / variant / "cases" / name
-    return folder, json.loads((folder / "case.json").read_text())
-
-
-def _mask(path: Path) -> np.ndarray:
-    return load_image(path)[..., 0] > 0
-
-
-def image_session(model: PixelRefer, **kwargs) -> ChatSession:
-    folder, case = _case(model, "image_2regions")
-    session = ChatSession(model, image=folder / case["image_file"], **kwargs)
-    for name in case["mask_files"]:
-        session.add_object(_mask(folder / name))
-    return session
 
 
 def answer(replies) -> tuple[str, object]:
-    replies = list(replies)
-    assert replies[-1].done and replies[-1].exchange is not None
-    return "".join(r.delta for r in replies), replies[-1].exchange
+    pieces: list[str] = []
+    exchange = ChatSession.final(replies, pieces.append)
+    return "".join(pieces), exchange
 
 
 class Counter:
@@ -75,7 +46,7 @@ class Counter:
 
 
 def test_image_session_reproduces_fixture(model: PixelRefer) -> None:
-    _, case = _case(model, "image_2regions")
+    _, case = fixture_case(model, "image_2regions")
     session = image_session(model)
     _, exchange = answer(session.ask(QUESTION, GenerationSettings(max_new_tokens=8)))
     assert session.last_prepared.input_ids == case["input_ids"]
@@ -83,13 +54,13 @@ def test_image_session_reproduces_fixture(model: PixelRefer) -> None:
 
 
 def test_video_session_reproduces_fixture(model: PixelRefer) -> None:
-    folder, case = _case(model, "video_2objects")
+    folder, case = fixture_case(model, "video_2objects")
     clip = load_frame_folder(folder / case["frames_dir"])
     names = sorted(os.listdir(folder / case["frames_dir"]))
     extra = {i: load_image(folder / case["frames_dir"] / names[i]) for i in case["frame_ids"]}
     session = ChatSession(model, clip=clip, extra_frames=extra)
     frames = [case["frame_ids"][i] for i in case["mask_ids"]]
-    masks = [_mask(folder / name) for name in case["mask_files"]]
+    masks = [fixture_mask(folder / name) for name in case["mask_files"]]
     groups = case.get("mask_ids_raw") or [[i] for i in range(len(masks))]
     position = 0
     for group in groups:
@@ -222,7 +193,7 @@ def test_removed_object_cannot_be_referenced(model: PixelRefer) -> None:
 
 
 def test_validation_before_compute(model: PixelRefer) -> None:
-    folder, case = _case(model, "image_2regions")
+    folder, case = fixture_case(model, "image_2regions")
     empty = ChatSession(model, image=folder / case["image_file"])
     with pytest.raises(ValueError, match="Mark an object"):
         list(empty.ask("What is this?"))

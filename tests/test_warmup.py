@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -21,45 +20,19 @@ from pixelrefer.model.engine import DecodeEngine
 from pixelrefer.serve.service import AppSettings, Service
 from pixelrefer.serve.workspace import Workspace
 
-from .conftest import fixtures_root
+from .conftest import fixture_case, fixture_mask, fixtures_root, image_session
 
-VARIANTS = ["pixelrefer-tiny", "pixelrefer-lite-tiny"]
 QUESTION = "What is the relationship between <object1> and <object2>?"
 SHORT = GenerationSettings(max_new_tokens=8)
 
 
-@pytest.fixture(scope="module", params=VARIANTS)
-def model(request) -> PixelRefer:
-    return PixelRefer.from_pretrained(
-        str(fixtures_root() / request.param / "checkpoint"), device="cpu", dtype="float32"
-    )
-
-
-def _case(model: PixelRefer, name: str) -> tuple[Path, dict]:
-    variant = "pixelrefer-tiny" if model.variant == "full" else "pixelrefer-lite-tiny"
-    folder = fixtures_root() / variant / "cases" / name
-    return folder, json.loads((folder / "case.json").read_text())
-
-
-def _mask(path: Path) -> np.ndarray:
-    return load_image(path)[..., 0] > 0
-
-
-def image_session(model: PixelRefer, **kwargs) -> ChatSession:
-    folder, case = _case(model, "image_2regions")
-    session = ChatSession(model, image=folder / case["image_file"], **kwargs)
-    for name in case["mask_files"]:
-        session.add_object(_mask(folder / name))
-    return session
-
-
 def clip_session(model: PixelRefer) -> ChatSession:
-    folder, case = _case(model, "video_2objects")
+    folder, case = fixture_case(model, "video_2objects")
     names = sorted(os.listdir(folder / case["frames_dir"]))
     extra = {i: load_image(folder / case["frames_dir"] / names[i]) for i in case["frame_ids"]}
     session = ChatSession(model, clip=load_frame_folder(folder / case["frames_dir"]), extra_frames=extra)
     frames = [case["frame_ids"][i] for i in case["mask_ids"]]
-    masks = [_mask(folder / name) for name in case["mask_files"]]
+    masks = [fixture_mask(folder / name) for name in case["mask_files"]]
     position = 0
     for group in case.get("mask_ids_raw") or [[i] for i in range(len(masks))]:
         session.add_object({frames[position + j]: masks[position + j] for j in range(len(group))})
@@ -68,9 +41,7 @@ def clip_session(model: PixelRefer) -> ChatSession:
 
 
 def answer(replies):
-    replies = list(replies)
-    assert replies[-1].done
-    return replies[-1].exchange
+    return ChatSession.final(replies)
 
 
 class Layers:
@@ -113,7 +84,7 @@ def test_a_warm_first_answer_equals_a_cold_one_and_only_prefills_the_question(mo
         layers.close()
     assert warm.answer_ids == cold.answer_ids
     if make is image_session:
-        _, case = _case(model, "image_2regions")
+        _, case = fixture_case(model, "image_2regions")
         assert warm.answer_ids == case["generated_ids"]
     # No vision-tower layer ran, and the LLM read only the question's rows (plus a few it shares with the
     # template's tail), once per decoded token after the first.
@@ -282,13 +253,13 @@ def test_the_app_warms_while_marking(tmp_path: Path) -> None:
         preview_dir=tmp_path,
     )
     service = Service(settings).start()
-    folder, case = _case(service.model, "image_2regions")
+    folder, case = fixture_case(service.model, "image_2regions")
     visitor = Workspace(service)
     try:
         visitor.open_image(folder / case["image_file"])
         assert service.warmer.wait(timeout=60)
         assert service.warmer.report(visitor).stored  # the media alone, before any object
-        rows, cols = np.nonzero(_mask(folder / case["mask_files"][0]))
+        rows, cols = np.nonzero(fixture_mask(folder / case["mask_files"][0]))
         visitor.click(float(cols.mean()), float(rows.mean()), "positive")
         visitor.keep()
         assert service.warmer.wait(timeout=60) and service.warmer.report(visitor).stored

@@ -221,8 +221,15 @@ class PixelRefer:
             deadline=time.monotonic() + timeout_s if timeout_s else None,
             keep_first_logits=return_logits,
         )
+        yield from self._decode(request, prepared, timings, start)
+
+    def _decode(
+        self, request: DecodeRequest, prepared: Prepared, timings: dict[str, float], start: float
+    ) -> Iterator[Chunk]:
+        """The engine's tokens as text increments, then the result (timings counted from `start`)."""
         text = TextStream(self.tokenizer)
         ids: list[int] = []
+
         first_logits = None
         timed_out = False
         mark = time.perf_counter()
@@ -242,12 +249,13 @@ class PixelRefer:
             steps.close()
         timings["decode_s"] = time.perf_counter() - mark
         timings["total_s"] = time.perf_counter() - start
+        prefix = request.prefix
         timings["reused_prefix_rows"] = float(prefix.reused_rows) if prefix is not None else 0.0
         tail = text.flush()
         result = GenerationResult(
             text=text.text_of(ids).strip(),
             token_ids=ids,
-            finish_reason=self._finish_reason(ids, timed_out, stop, settings),
+            finish_reason=self._finish_reason(ids, timed_out, request.stop, request.settings),
             input_ids=list(prepared.input_ids),
             first_logits=first_logits,
             timings=timings,
