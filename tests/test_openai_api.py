@@ -28,6 +28,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import torch
 import uvicorn
 from PIL import Image
 
@@ -582,6 +583,22 @@ def test_kept_conversations_are_bounded(models: dict[str, PixelRefer]) -> None:
     tight = ConversationStore(max_entries=10, max_bytes=1, ttl_s=60)
     tight.put("x", session(), "c")
     assert len(tight) == 0  # larger than the whole memory bound: not kept
+
+
+def test_out_of_memory_is_a_full_server_not_an_error(serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    running = serve()
+    client = running.client()
+    ask(client, [image_message(QUESTION)])
+    assert len(running.server.store) == 1
+
+    def exhausted(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(ChatSession, "ask", exhausted)
+    error = refusal(lambda: ask(client, [image_message(QUESTION)]))
+    assert error.status_code == 429 and error.body["code"] == "server_full"
+    assert "The server is full right now" in error.body["message"]
+    assert len(running.server.store) == 0  # kept conversations were dropped to give memory back
 
 
 # ---------------------------------------------------------------------- pieces

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import hashlib
 import hmac
 import json
@@ -32,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,6 +42,7 @@ from starlette.routing import Route
 from ..chat.session import ChatSession, Exchange, Reply
 from ..model.inference import PixelRefer
 from ..runtime.errors import InputError
+from .budget import FULL_MESSAGE, is_out_of_memory
 from .clients import client_of
 from .openai_conversations import ConversationStore, MediaAccess, open_session
 from .openai_request import ChatRequest, RequestRefused, parse_request
@@ -432,12 +435,31 @@ class OpenAIServer:
                 job.emit("done", outcome)
         except InputError as exc:
             job.emit("refused", exc)
-        except Exception:
-            _log.exception("The API failed while answering")
-            job.emit("bug")
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                _log.exception("The API failed while answering")
+                job.emit("bug")
+                return
+            if session is not None:
+                session.close()
+                session = None
+            self._recover()
+            job.emit(
+                "refused",
+                RequestRefused(FULL_MESSAGE, status=429, type="rate_limit_error", code="server_full"),
+            )
         finally:
             if session is not None:
                 session.close()
+
+    def _recover(self) -> None:
+        """An allocator ran out of memory: every kept conversation goes, and Python and CUDA give back what
+        they hold; the client is told the server is full (`budget.FULL_MESSAGE`), never an error."""
+        _log.warning("Out of memory while answering: %d kept conversations dropped", len(self.store))
+        self.store.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _completion(self, request: ChatRequest, outcome: _Outcome) -> dict[str, Any]:
         exchange = outcome.exchange
