@@ -332,21 +332,25 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _engine(args: argparse.Namespace) -> int:
-    from .engines.export import export_llm
-    from .engines.vllm_server import VllmServer
+    from .engines.vllm_server import serve_checkpoint
+    from .model.loading import plan_checkpoint
 
-    model = _load(args)
-    export, dtype = export_llm(model.folder, model.dtype), str(model.dtype).removeprefix("torch.")
-    del model  # the server process holds the LLM; this one needs nothing more
-    server = VllmServer(
-        export,
-        host=args.host,
-        port=args.port,
-        dtype=dtype,
-        max_num_seqs=args.max_num_seqs,
-        tensor_parallel_size=args.tensor_parallel_size,
-        gpu_memory_utilization=args.gpu_memory_utilization,
+    # Only the config is read: loading the model here would hold GPU memory that vLLM, which sizes its
+    # KV cache from the free memory when it starts, needs.
+    plan = plan_checkpoint(args.model, device=args.device, dtype=args.dtype, encoder_only=True)
+    engine = serve_checkpoint(
+        plan.folder,
+        plan.dtype,
+        plan.placement.devices,
+        max_concurrency=args.max_num_seqs,
+        server_options={
+            "host": args.host,
+            "port": args.port,
+            "tensor_parallel_size": args.tensor_parallel_size,
+            "gpu_memory_utilization": args.gpu_memory_utilization,
+        },
     )
+    server = engine.server
     print(f"vLLM engine for {args.model}: --engine vllm --engine-url {server.url}", flush=True)
     try:
         while server.process.poll() is None:

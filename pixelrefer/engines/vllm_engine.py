@@ -72,6 +72,11 @@ class VllmEngine(DecodeEngine):
     def max_concurrency(self) -> int:
         return self._max_concurrency
 
+    @property
+    def server(self) -> object | None:
+        """The `VllmServer` this engine started and stops (None for a server given by URL)."""
+        return self._server
+
     def check(self) -> None:
         """The server answers and serves this checkpoint's LLM (not another model's)."""
         try:

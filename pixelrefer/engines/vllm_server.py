@@ -1,8 +1,13 @@
 """Starting and stopping a vLLM OpenAI-compatible server for an exported LLM, in vLLM's own venv.
 
 vLLM pins its own torch and transformers, so it runs from a separate interpreter: `$PIXELREFER_VLLM_PYTHON`,
-or the venv `bash .ci/vllm` builds (keyed by the hash of requirements-vllm.txt). The server takes prompt
-embeddings, decodes in the exported dtype, and runs the official repetition penalty (server_side/).
+or the venv `bash .ci/vllm` builds (keyed by the hash of requirements-vllm.txt: the CPU build; a GPU machine
+installs requirements-gpu-vllm.txt and names its python, docs/gpu.md). The server takes prompt embeddings,
+decodes in the exported dtype, and runs the official repetition penalty (server_side/).
+
+`serve_checkpoint` is the one way in: it reads only the checkpoint's files, so an app (or `python -m
+pixelrefer engine`) starts the server before it loads anything onto the GPU itself; vLLM sizes its KV cache
+from the GPU memory free when it starts.
 """
 
 from __future__ import annotations
@@ -20,10 +25,15 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 
-from .base import EngineUnavailable
-from .export import LlmExport, default_cache_dir
+import torch
+from transformers import GenerationConfig
 
-__all__ = ["VllmServer", "find_vllm_python"]
+from ..runtime.devices import GpuInfo, engine_dtype, visible_gpus
+from .base import EngineUnavailable
+from .export import LlmExport, default_cache_dir, export_llm
+from .vllm_engine import VllmEngine
+
+__all__ = ["VllmServer", "find_vllm_python", "serve_checkpoint", "server_command"]
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = Path(__file__).resolve().parent / "server_side"
@@ -42,6 +52,36 @@ def find_vllm_python() -> Path | None:
     venv = default_cache_dir() / f"vllm-{digest}"
     python = venv / "bin" / "python"
     return python if python.is_file() and (venv / ".complete").is_file() else None
+
+
+def server_command(
+    python: Path,
+    export: LlmExport,
+    *,
+    host: str,
+    port: int,
+    dtype: str,
+    max_model_len: int,
+    max_num_seqs: int,
+    gpu_memory_utilization: float,
+    tensor_parallel_size: int,
+    cuda_graphs: bool,
+    extra_args: tuple[str, ...] = (),
+) -> list[str]:
+    """The server's command line. `cuda_graphs`: a CUDA GPU captures the decode steps as graphs (much
+    faster small-batch decoding); only where there are none (vLLM's CPU build) is eager mode asked for."""
+    return [
+        str(python), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(export.folder), "--served-model-name", export.name,
+        "--host", host, "--port", str(port),
+        "--dtype", dtype, "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
+        "--enable-prompt-embeds", "--enable-prefix-caching", "--generation-config", "vllm",
+        "--logits-processors", "pixelrefer_penalty:GeneratedRepetitionPenalty",
+        *(() if cuda_graphs else ("--enforce-eager",)), "--disable-uvicorn-access-log",
+        "--tensor-parallel-size", str(tensor_parallel_size),
+        "--gpu-memory-utilization", str(gpu_memory_utilization),
+        *extra_args,
+    ]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -70,6 +110,7 @@ class VllmServer:
         kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.5,
         tensor_parallel_size: int = 1,
+        cuda_graphs: bool | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         python = python or find_vllm_python()
@@ -84,18 +125,19 @@ class VllmServer:
         logs = default_cache_dir() / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.log_path = logs / f"vllm-{self.port}.log"
-        command = [
-            str(python), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(export.folder), "--served-model-name", export.name,
-            "--host", host, "--port", str(self.port),
-            "--dtype", dtype, "--max-model-len", str(max_model_len), "--max-num-seqs", str(max_num_seqs),
-            "--enable-prompt-embeds", "--enable-prefix-caching", "--generation-config", "vllm",
-            "--logits-processors", "pixelrefer_penalty:GeneratedRepetitionPenalty",
-            "--enforce-eager", "--disable-uvicorn-access-log",
-            "--tensor-parallel-size", str(tensor_parallel_size),
-            "--gpu-memory-utilization", str(gpu_memory_utilization),
-            *extra_args,
-        ]  # fmt: skip
+        command = server_command(
+            python,
+            export,
+            host=host,
+            port=self.port,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            cuda_graphs=torch.cuda.is_available() if cuda_graphs is None else cuda_graphs,
+            extra_args=extra_args,
+        )
         env = {
             **os.environ,
             "PYTHONPATH": str(PLUGINS),
@@ -144,3 +186,49 @@ class VllmServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+def serve_checkpoint(
+    folder: Path,
+    model_dtype: torch.dtype,
+    devices: tuple[str, ...],
+    generation_config: GenerationConfig | None = None,
+    *,
+    url: str = "",
+    max_concurrency: int = 16,
+    cache_dir: Path | None = None,
+    server_options: dict | None = None,
+    gpus: list[GpuInfo] | None = None,
+) -> VllmEngine:
+    """A vLLM engine for the checkpoint in `folder`, from its files alone (nothing is loaded here).
+
+    The LLM is exported (once) in `engine_dtype` (bfloat16, or float16 on GPUs below compute 8.0: never
+    float32 on a GPU); `url` connects to a server started with `python -m pixelrefer engine`, else a server
+    is started here and stopped with the engine. Raises `EngineUnavailable` when vLLM cannot serve.
+    """
+    gpus = visible_gpus() if gpus is None else gpus
+    dtype = engine_dtype(devices, gpus, model_dtype)
+    export = export_llm(folder, dtype, cache_dir)
+    if generation_config is None:
+        try:
+            generation_config = GenerationConfig.from_pretrained(folder)
+        except OSError:
+            generation_config = GenerationConfig()
+    server = None
+    if not url:
+        if export.head_dim < 32 and not gpus:
+            raise EngineUnavailable(
+                f"vLLM's CPU attention needs a head size of at least 32; this LLM's is {export.head_dim}"
+            )
+        options = {"max_num_seqs": max_concurrency, **(server_options or {})}
+        options.setdefault("dtype", str(dtype).removeprefix("torch."))
+        server = VllmServer(export, **options)
+        url = server.url
+    try:
+        return VllmEngine(
+            url, export.name, generation_config, dtype=dtype, max_concurrency=max_concurrency, server=server
+        )
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise

@@ -11,9 +11,11 @@ known-unused `mask_embedding` of Lite.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import pickle
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from ..runtime.devices import GIB, Placement, PlacementError, plan_loading, visible_gpus
+from ..runtime.devices import GIB, GpuInfo, Placement, PlacementError, plan_loading, visible_gpus
 from ..runtime.errors import InputError
 from ..runtime.hub import WeightsUnavailable, is_hub_id, resolve_source
 from .config import PixelReferConfig
@@ -42,9 +44,12 @@ __all__ = [
     "Loaded",
     "Quantization",
     "check_cpu_memory",
+    "encoder_only_config",
     "estimate_weight_bytes",
     "load_checkpoint",
+    "plan_checkpoint",
     "read_config",
+    "route_int8_warnings",
 ]
 
 Quantization = Literal["8bit", "4bit"] | None
@@ -88,6 +93,8 @@ class Loaded:
     quantization: Quantization
     source: str
     folder: Path
+    encoder_only: bool = False
+    """No decoder layers (`encoder_only_config`): prompts are embedded here and decoded by a vLLM server."""
 
 
 def read_config(folder: Path, *, token: str | None = None) -> PixelReferConfig:
@@ -166,6 +173,81 @@ def check_cpu_memory(need_bytes: int, dtype: torch.dtype, available_bytes: int |
     )
 
 
+DECODER_KEYS = (r"^model\.layers\.", r"^model\.norm\.", r"^lm_head\.weight$")
+"""The checkpoint tensors an encoder-only load (a vLLM engine decodes) leaves on disk."""
+
+
+def encoder_only_config(config: PixelReferConfig) -> PixelReferConfig:
+    """`config` without the decoder layers and the LM head: what the app holds when a vLLM server decodes.
+
+    The app still embeds the prompt (token embeddings, vision tower, projector, object tokenizer); the
+    decoder's weights would only sit on the GPU a second time beside the server's copy.
+    """
+    encoder = copy.deepcopy(config)
+    encoder.num_hidden_layers = 0
+    if getattr(encoder, "layer_types", None) is not None:
+        encoder.layer_types = []
+    encoder.tie_word_embeddings = False  # there is no head to tie (`_EncoderOnly`)
+    return encoder
+
+
+class _EncoderOnly(PixelReferForCausalLM):
+    """PixelRefer with no decoder layers and no LM head; their tensors in the checkpoint are left unread."""
+
+    _keys_to_ignore_on_load_unexpected = [
+        *PixelReferForCausalLM._keys_to_ignore_on_load_unexpected,
+        *DECODER_KEYS,
+    ]
+    _tied_weights_keys = None
+
+    def __init__(self, config: PixelReferConfig) -> None:
+        super().__init__(config)
+        del self.lm_head
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+
+class _Once(logging.Filter):
+    """Lets a message through the first time, then only counts it (`repeats`)."""
+
+    def __init__(self, note: str) -> None:
+        super().__init__()
+        self.note = note
+        self.shown = False
+        self.repeats = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.shown:
+            self.repeats += 1
+            return False
+        self.shown = True
+        record.msg = f"{record.getMessage()} ({self.note}; shown once)"
+        record.args = ()
+        return True
+
+
+INT8_LOGGER = "bitsandbytes.autograd._functions"
+
+
+def route_int8_warnings() -> _Once:
+    """bitsandbytes logs "inputs will be cast ... to float16" on every 8-bit matrix product (about 196 lines
+    per generated token for Qwen2.5-1.5B): keep the first, as one line that says why, and count the rest.
+
+    LLM.int8() always quantizes its inputs from float16 (bitsandbytes 0.50 has no float32 path), so in
+    8-bit mode the model runs in its dtype except for those inputs, which overflow past 65504.
+    """
+    logger = logging.getLogger(INT8_LOGGER)
+    for existing in logger.filters:
+        if isinstance(existing, _Once):
+            return existing
+    once = _Once(
+        "each 8-bit product's input is converted to float16 by bitsandbytes; the rest runs in the model's dtype"
+    )
+    logger.addFilter(once)
+    return once
+
+
 def _check_files(folder: Path, source: str) -> None:
     if not any((folder / name).is_file() for name in _WEIGHT_FILES):
         raise WeightsUnavailable(source, "no weights found (model.safetensors or pytorch_model*.bin)")
@@ -203,7 +285,14 @@ def _quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _strict(info: dict, config: PixelReferConfig) -> None:
+def _strict(info: dict, config: PixelReferConfig, *, encoder_only: bool = False) -> None:
+    if encoder_only:
+        info = {
+            **info,
+            "unexpected_keys": [
+                k for k in info.get("unexpected_keys", []) if not any(re.match(p, k) for p in DECODER_KEYS)
+            ],
+        }
     missing = [
         k for k in info.get("missing_keys", []) if not (k == "lm_head.weight" and config.tie_word_embeddings)
     ]
@@ -225,6 +314,48 @@ def _strict(info: dict, config: PixelReferConfig) -> None:
         raise InputError("The checkpoint does not match the model: " + "; ".join(problems))
 
 
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """A checkpoint resolved and planned, nothing loaded: enough to export and serve its LLM."""
+
+    folder: Path
+    config: PixelReferConfig
+    placement: Placement
+    dtype: torch.dtype
+    quantization: Quantization
+
+
+def plan_checkpoint(
+    source: str,
+    *,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    quantization: Quantization = None,
+    token: str | None = None,
+    encoder_only: bool = False,
+    gpus: list[GpuInfo] | None = None,
+) -> CheckpointPlan:
+    """Resolve `source` and decide placement and dtype from its config alone (no weight is read)."""
+    if quantization in ("none", ""):
+        quantization = None
+    if quantization not in (None, "8bit", "4bit"):
+        raise InputError(f"Unknown quantization '{quantization}': use none, 8bit or 4bit")
+    folder = resolve_source(source, allow_patterns=_CHECKPOINT_PATTERNS, token=token)
+    _check_files(folder, str(source))
+    config = read_config(folder, token=token)
+    if encoder_only:
+        config = encoder_only_config(config)
+        quantization = None  # only the decoder's linears are ever quantized
+    placement, torch_dtype = plan_loading(
+        device,
+        dtype,
+        visible_gpus() if gpus is None else gpus,
+        lambda chosen: estimate_weight_bytes(config, chosen, quantization),
+        quantized=quantization is not None,
+    )
+    return CheckpointPlan(folder, config, placement, torch_dtype, quantization)
+
+
 def load_checkpoint(
     source: str,
     *,
@@ -233,25 +364,27 @@ def load_checkpoint(
     quantization: Quantization = None,
     attn_implementation: str = "sdpa",
     token: str | None = None,
+    encoder_only: bool = False,
 ) -> Loaded:
-    """Resolve, check and load a PixelRefer checkpoint; any failure is raised before weights are read."""
-    if quantization in ("none", ""):
-        quantization = None
-    if quantization not in (None, "8bit", "4bit"):
-        raise InputError(f"Unknown quantization '{quantization}': use none, 8bit or 4bit")
-    folder = resolve_source(source, allow_patterns=_CHECKPOINT_PATTERNS, token=token)
-    _check_files(folder, str(source))
-    config = read_config(folder, token=token)
-    placement, torch_dtype = plan_loading(
-        device, dtype, visible_gpus(), lambda chosen: estimate_weight_bytes(config, chosen, quantization)
+    """Resolve, check and load a PixelRefer checkpoint; any failure is raised before weights are read.
+
+    `encoder_only`: no decoder layers or LM head (`encoder_only_config`), for an app whose answers a vLLM
+    server decodes; the model then embeds prompts but cannot decode them itself.
+    """
+    plan = plan_checkpoint(
+        source, device=device, dtype=dtype, quantization=quantization, token=token, encoder_only=encoder_only
     )
+    folder, config, placement = plan.folder, plan.config, plan.placement
+    torch_dtype, quantization = plan.dtype, plan.quantization
+    if quantization == "8bit":
+        route_int8_warnings()
     if placement.devices == ("cpu",):
         check_cpu_memory(estimate_weight_bytes(config, torch_dtype, quantization), torch_dtype)
     config._attn_implementation = attn_implementation
     config.vision_config._attn_implementation = attn_implementation
     with _quiet():
         try:
-            model, info = PixelReferForCausalLM.from_pretrained(
+            model, info = (_EncoderOnly if encoder_only else PixelReferForCausalLM).from_pretrained(
                 folder,
                 config=config,
                 dtype=torch_dtype,
@@ -273,7 +406,7 @@ def load_checkpoint(
                 f"Cannot load '{source}': its weight files are not a mapping of tensor names to tensors "
                 f"({type(exc).__name__})"
             ) from exc
-        _strict(info, config)
+        _strict(info, config, encoder_only=encoder_only)
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
     try:
@@ -291,4 +424,5 @@ def load_checkpoint(
         quantization=quantization,
         source=str(source),
         folder=folder,
+        encoder_only=encoder_only,
     )

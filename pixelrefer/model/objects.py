@@ -249,19 +249,31 @@ def kmeans(tokens: torch.Tensor, k: int, iterations: int, permutation: torch.Ten
     return centroids
 
 
+UPSAMPLE_CHANNELS = 128
+"""Channels resized at once when features are upsampled to the mask grid: a spread-out object's full
+float32 upsample (1152 channels x millions of cells) would take ~0.6 GB at once; channel by channel the
+peak is a ninth of that plus the cells kept, and each value is exactly what one resize gives."""
+
+
 def pool_mask_features(
     features: torch.Tensor, grid_mask: torch.Tensor, k: int, iterations: int, permutation: torch.Tensor | None
 ) -> torch.Tensor:
     """Feature vectors under the mask (row-major), reduced to `k` by k-means when there are more.
 
-    `features` is (1, C, h, w); it is resized bilinearly to the mask grid first when the grids differ.
+    `features` is (1, C, h, w); it is resized bilinearly to the mask grid first when the grids differ,
+    `UPSAMPLE_CHANNELS` at a time, keeping only the cells under the mask.
     """
-    if tuple(features.shape[-2:]) != tuple(grid_mask.shape[-2:]):
-        features = F.interpolate(
-            features, size=tuple(grid_mask.shape[-2:]), mode="bilinear", align_corners=False
-        )
     selected = grid_mask.to(features.device) > 0
-    tokens = features[0][:, selected].permute(1, 0)
+    size = tuple(grid_mask.shape[-2:])
+    if tuple(features.shape[-2:]) != size:
+        tokens = torch.cat(
+            [
+                F.interpolate(part, size=size, mode="bilinear", align_corners=False)[0][:, selected]
+                for part in features.split(UPSAMPLE_CHANNELS, dim=1)
+            ]
+        ).permute(1, 0)
+    else:
+        tokens = features[0][:, selected].permute(1, 0)
     if len(tokens) > k:
         if permutation is None:
             raise ValueError("k-means needs a permutation when the mask covers more cells than tokens")

@@ -7,7 +7,9 @@ The decisions are pure functions of a GPU inventory, so they can be tested with 
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,10 +20,14 @@ from .errors import InputError
 
 __all__ = [
     "CPU_BF16_FEATURES",
+    "QUANTIZER_MEMORY_FACTOR",
     "GpuInfo",
     "Placement",
     "PlacementError",
     "cpu_bf16_features",
+    "cuda_diagnosis",
+    "engine_dtype",
+    "freest_gpu",
     "plan_loading",
     "plan_placement",
     "resolve_dtype",
@@ -29,6 +35,15 @@ __all__ = [
 ]
 
 GIB = 1024**3
+
+_log = logging.getLogger(__name__)
+
+QUANTIZER_MEMORY_FACTOR = 0.9
+"""transformers' bitsandbytes quantizers multiply every `max_memory` entry by this (room for quantization
+buffers); a plan for a quantized model divides by it, so the budget it meant is the one transformers uses."""
+
+MIN_DRIVER_FOR_BUILD = {"13": "580", "12": "525", "11": "450"}
+"""The oldest NVIDIA driver branch each CUDA major version of torch's build runs on."""
 
 _DTYPES = {
     "float32": torch.float32,
@@ -74,8 +89,9 @@ class Placement:
 
 
 def visible_gpus() -> list[GpuInfo]:
-    """The CUDA devices torch can use right now (empty on a CPU machine)."""
+    """The CUDA devices torch can use right now (empty on a CPU machine, said loudly when a GPU is there)."""
     if not torch.cuda.is_available():
+        _warn_unusable_gpu()
         return []
     gpus = []
     for index in range(torch.cuda.device_count()):
@@ -86,6 +102,70 @@ def visible_gpus() -> list[GpuInfo]:
             free, total = props.total_memory, props.total_memory
         gpus.append(GpuInfo(index, props.name, int(total), int(free), (props.major, props.minor)))
     return gpus
+
+
+def _gpu_present() -> bool:
+    """An NVIDIA GPU on this machine, whatever torch thinks: its device node or the driver's tool."""
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+def cuda_diagnosis(
+    *,
+    cuda_available: bool | None = None,
+    gpu_present: bool | None = None,
+    cuda_build: str | None = "",
+) -> str:
+    """Why a GPU that is there goes unused: empty when CUDA works or no GPU exists.
+
+    torch's CUDA build needs a driver at least as new as its CUDA (13.x: R580); with an older driver
+    `torch.cuda.is_available()` is simply False and everything would run, slowly, on the CPU.
+    The arguments stand in for the machine's answers (tests); None/"" asks the machine.
+    """
+    available = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if available:
+        return ""
+    present = _gpu_present() if gpu_present is None else gpu_present
+    if not present:
+        return ""
+    build = torch.version.cuda if cuda_build == "" else cuda_build
+    if build is None:
+        return (
+            "A GPU is present but this torch is a CPU-only build, so everything runs on the CPU: install "
+            "the CUDA build of torch (see docs/gpu.md)."
+        )
+    driver = MIN_DRIVER_FOR_BUILD.get(build.split(".")[0], "")
+    need = f" (driver R{driver} or newer)" if driver else ""
+    return (
+        f"A GPU is present but CUDA is unavailable to torch {torch.__version__} (built for CUDA {build}"
+        f"{need}), so everything runs on the CPU: the NVIDIA driver is most likely older than CUDA "
+        f"{build} needs. Check `nvidia-smi`, update the driver, or install a torch built for an older CUDA "
+        "(see docs/gpu.md)."
+    )
+
+
+@functools.cache
+def _warn_unusable_gpu() -> None:
+    message = cuda_diagnosis(cuda_available=False)
+    if message:
+        _log.error(message)
+
+
+def freest_gpu(gpus: list[GpuInfo]) -> GpuInfo | None:
+    """The GPU with the most free memory (the lowest index among equals): where a small second network
+    such as SAM goes, so it does not crowd the GPU the chat model filled."""
+    return max(gpus, key=lambda g: (g.free_bytes, -g.index), default=None)
+
+
+def engine_dtype(devices: tuple[str, ...], gpus: list[GpuInfo], model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of a vLLM engine's weights: bfloat16 on GPUs of compute capability >= 8.0, float16 below
+    (vLLM has no bfloat16 there, and float32 would double the weights and the KV cache for no gain on a
+    GPU); on the CPU the model's own dtype."""
+    used = [g for g in gpus if f"cuda:{g.index}" in devices]
+    if not used:
+        return model_dtype
+    if model_dtype == torch.float16:
+        return torch.float16
+    return torch.bfloat16 if all(g.capability >= (8, 0) for g in used) else torch.float16
 
 
 CPU_BF16_FEATURES = ("amx_bf16", "avx512_bf16")
@@ -145,11 +225,14 @@ def plan_placement(
     need_bytes: int,
     *,
     headroom: float = 0.15,
+    quantized: bool = False,
 ) -> Placement:
     """Choose devices for a model needing `need_bytes` of weights (plus `headroom` of each GPU for activations).
 
     `device` is `auto` (every visible GPU, else the CPU), `cpu`, `cuda` (the first GPU) or `cuda:N`.
-    A request that cannot be met raises `PlacementError` before anything is loaded.
+    A request that cannot be met raises `PlacementError` before anything is loaded. `quantized`
+    (bitsandbytes): transformers shrinks a split's `max_memory` by `QUANTIZER_MEMORY_FACTOR`, so the plan
+    hands it the budget divided by that factor; otherwise modules it thinks do not fit would go to "disk".
     """
     device = (device or "auto").strip().lower()
     if device == "cpu":
@@ -197,10 +280,11 @@ def plan_placement(
         remaining -= budget[gpu.index]
         if remaining <= 0:
             break
+    factor = QUANTIZER_MEMORY_FACTOR if quantized else 1.0
     return Placement(
         "auto",
         tuple(f"cuda:{g.index}" for g in used),
-        max_memory={g.index: budget[g.index] for g in used},
+        max_memory={g.index: int(budget[g.index] / factor) for g in used},
         notes=(f"split across {len(used)} GPUs",),
     )
 
@@ -211,7 +295,8 @@ def _older_gpus(placement: Placement, gpus: list[GpuInfo]) -> list[GpuInfo]:
 
 _FLOAT16_NOTE = (
     "float16: a GPU used has no bfloat16 (compute capability < 8.0) and float32 does not fit; the model "
-    "was trained in bfloat16, so float16 may overflow (--quantization 8bit runs in float32 instead)"
+    "was trained in bfloat16, so float16 may overflow (--quantization 8bit keeps float32 for everything but "
+    "its 8-bit matrix products, whose inputs bitsandbytes converts to float16)"
 )
 
 
@@ -241,6 +326,7 @@ def plan_loading(
     weight_bytes: Callable[[torch.dtype], int],
     *,
     cpu_bf16: tuple[str, ...] | None = None,
+    quantized: bool = False,
 ) -> tuple[Placement, torch.dtype]:
     """Placement and dtype together for a model trained in bfloat16 (Qwen2.5), since each depends on the other.
 
@@ -260,11 +346,11 @@ def plan_loading(
 
     def place(chosen: torch.dtype, older: bool) -> Placement:
         try:
-            return plan_placement(device, gpus, weight_bytes(chosen))
+            return plan_placement(device, gpus, weight_bytes(chosen), quantized=quantized)
         except PlacementError:
             if not (dtype == "auto" and older):
                 raise
-            fallback = plan_placement(device, gpus, weight_bytes(torch.float16))
+            fallback = plan_placement(device, gpus, weight_bytes(torch.float16), quantized=quantized)
             return replace(fallback, dtype_note=_FLOAT16_NOTE)
 
     provisional = plan_placement(device, gpus, 0)

@@ -2,7 +2,11 @@
 
 Weights come from the official `facebook/sam2.1-hiera-*` repositories (or a local folder) via
 `pixelrefer.runtime.hub`, so caching and offline mode behave like the chat model's. SAM runs on one device:
-the first GPU when there is one, else the CPU. Inputs are prepared by transformers' own SAM 2 processors.
+the GPU with the most free memory when there is one (the chat model usually fills another), else the CPU.
+Its weights stay float32 (SAM 2.1 is small; its official code runs float32 weights under bfloat16 autocast),
+computing under bfloat16 autocast on GPUs of compute capability >= 8.0 and in float32 elsewhere; the prompts'
+coordinates are encoded in float32 whatever the compute dtype, since bfloat16 keeps 8 bits of a click's
+position (a 1024-pixel side moves by up to 4 pixels). Inputs are prepared by transformers' SAM 2 processors.
 
 Tracking keeps memory bounded for long clips: frames are resized for the model only when the model asks
 for them (a couple at a time), and the inference session's per-frame outputs are trimmed to the window
@@ -11,6 +15,8 @@ SAM 2 actually reads back (its memory bank and object pointers) as propagation m
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -34,7 +40,7 @@ from transformers.models.sam2.modeling_sam2 import Sam2ImageSegmentationOutput
 from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoSegmentationOutput
 
 from ..media.masks import ObjectId, clean_mask
-from ..runtime.devices import PlacementError, resolve_dtype, visible_gpus
+from ..runtime.devices import GpuInfo, PlacementError, freest_gpu, resolve_dtype, visible_gpus
 from ..runtime.errors import InputError
 from ..runtime.hub import resolve_source
 from .base import Progress, Prompt, Segmenter, SegmentResult, Tracks, rank_candidates
@@ -87,10 +93,22 @@ _HIERA = {
 
 @dataclass(frozen=True)
 class SamPlacement:
-    """The single device SAM runs on and the dtype of its weights."""
+    """The single device SAM runs on, the dtype of its weights and the dtype it computes in (autocast)."""
 
     device: str
     dtype: torch.dtype
+    compute: torch.dtype | None = None
+    """None: the weights' dtype."""
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.dtype if self.compute is None else self.compute
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The compute dtype's autocast (nothing when SAM computes in float32)."""
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(torch.device(self.device).type, dtype=self.compute_dtype)
 
 
 @dataclass(frozen=True)
@@ -103,12 +121,17 @@ class TrackStats:
     peak_outputs_held: int
 
 
-def sam_placement(device: str = "auto", dtype: str | torch.dtype = "auto") -> SamPlacement:
-    """`auto`: the first visible GPU, else the CPU; dtype by the project's policy (bf16 on Ampere+, fp32 on CPU)."""
-    gpus = visible_gpus()
+def sam_placement(
+    device: str = "auto", dtype: str | torch.dtype = "auto", *, gpus: list[GpuInfo] | None = None
+) -> SamPlacement:
+    """`auto`: the visible GPU with the most free memory, else the CPU. dtype `auto`: float32 weights,
+    computing under bfloat16 autocast on GPUs of compute capability >= 8.0 and in float32 below (float16
+    is not what SAM 2.1 was trained for); an explicit dtype is the weights' and the compute dtype."""
+    gpus = visible_gpus() if gpus is None else gpus
     wanted = (device or "auto").strip().lower()
     if wanted == "auto":
-        chosen = f"cuda:{gpus[0].index}" if gpus else "cpu"
+        freest = freest_gpu(gpus)
+        chosen = f"cuda:{freest.index}" if freest is not None else "cpu"
     elif wanted == "cpu":
         chosen = "cpu"
     elif wanted.startswith("cuda"):
@@ -125,7 +148,33 @@ def sam_placement(device: str = "auto", dtype: str | torch.dtype = "auto") -> Sa
         chosen = f"cuda:{index}"
     else:
         raise PlacementError(f"Unknown device '{device}': use auto, cpu, cuda or cuda:N")
-    return SamPlacement(chosen, resolve_dtype(dtype, (chosen,), gpus))
+    if dtype != "auto":
+        return SamPlacement(chosen, resolve_dtype(dtype, (chosen,), gpus))
+    used = [g for g in gpus if f"cuda:{g.index}" == chosen]
+    compute = torch.bfloat16 if used and used[0].capability >= (8, 0) else torch.float32
+    return SamPlacement(chosen, torch.float32, compute)
+
+
+def _exact_positions(model: torch.nn.Module) -> torch.nn.Module:
+    """Encode prompt and image positions in float32 outside autocast, whatever the compute dtype: the
+    random-Fourier features multiply coordinates in [-1, 1] by a Gaussian matrix and take sin/cos of
+    2*pi times that, so bfloat16's 8-bit mantissa would move a click by pixels."""
+    for module in model.modules():
+        if isinstance(getattr(module, "positional_embedding", None), torch.Tensor) and hasattr(
+            module, "forward"
+        ):
+            module.float()
+            module.forward = _in_float32(module.forward)
+    return model
+
+
+def _in_float32(forward: Callable) -> Callable:
+    @functools.wraps(forward)
+    def exact(coordinates: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        with torch.autocast(coordinates.device.type, enabled=False):
+            return forward(coordinates.float(), *args, **kwargs)
+
+    return exact
 
 
 def sam21_config(size: str, *, image_size: int = 1024) -> Sam2VideoConfig:
@@ -246,7 +295,7 @@ class Sam2Segmenter(Segmenter):
         self.name = f"SAM 2.1 {label}"
         self.notice = ""
         # Safetensors only: a folder holding pickled .bin weights is refused, never unpickled.
-        self.image_model = (
+        self.image_model = _exact_positions(
             Sam2Model.from_pretrained(self.folder, dtype=placement.dtype, use_safetensors=True)
             .to(placement.device)
             .eval()
@@ -282,12 +331,14 @@ class Sam2Segmenter(Segmenter):
                 model = Sam2VideoModel.from_pretrained(
                     self.folder, dtype=self.placement.dtype, use_safetensors=True
                 )
-                self._video_model = model.to(self.placement.device).eval()
+                self._video_model = _exact_positions(model.to(self.placement.device).eval())
         return self._video_model
 
-    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _to_device(self, tensor: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
+        """On SAM's device; floating pixels in the weights' dtype, or float32 when `exact` (coordinates)."""
         if tensor.is_floating_point():
-            return tensor.to(self.placement.device, dtype=self.placement.dtype)
+            dtype = torch.float32 if exact else self.placement.dtype
+            return tensor.to(self.placement.device, dtype=dtype)
         return tensor.to(self.placement.device)
 
     def _embeddings(self, image: np.ndarray) -> list[torch.Tensor]:
@@ -316,7 +367,8 @@ class Sam2Segmenter(Segmenter):
             return_tensors="pt",
         )
         names = ("input_points", "input_labels", "input_boxes")
-        return {name: self._to_device(encoded[name]) for name in names if name in encoded}, len(points)
+        inputs = {name: self._to_device(encoded[name], exact=True) for name in names if name in encoded}
+        return inputs, len(points)
 
     def _candidates(
         self, outputs: Sam2ImageSegmentationOutput, height: int, width: int
@@ -328,7 +380,7 @@ class Sam2Segmenter(Segmenter):
 
     def _segment(self, image: np.ndarray, prompt: Prompt) -> SegmentResult:
         height, width = image.shape[:2]
-        with self._click_lock, torch.inference_mode():
+        with self._click_lock, torch.inference_mode(), self.placement.autocast():
             embeddings = self._embeddings(image)
             inputs, n_points = self._prompt_inputs(prompt, height, width)
             several = self.image_model(image_embeddings=embeddings, multimask_output=True, **inputs)
@@ -415,7 +467,7 @@ class Sam2Segmenter(Segmenter):
                 progress(done, total)
             return self._frame_masks(outputs, height, width)
 
-        with self._track_lock, torch.inference_mode():
+        with self._track_lock, torch.inference_mode(), self.placement.autocast():
             for position in sorted(marked):
                 for object_id in marked[position]:
                     self._add_marks(session, position, number[object_id], prompts[object_id][position])

@@ -22,9 +22,9 @@ import torch
 from ..chat.warmup import Gate, Warmer
 from ..media.limits import ChatLimits, MediaLimits
 from ..model.inference import PixelRefer
-from ..model.loading import estimate_weight_bytes
+from ..model.loading import estimate_weight_bytes, plan_checkpoint
 from ..model.synthetic import RELEASES, TINY, build_checkpoint, config_for
-from ..runtime.devices import GIB, visible_gpus
+from ..runtime.devices import GIB, GpuInfo, PlacementError, cuda_diagnosis, plan_loading, visible_gpus
 from ..runtime.errors import InputError
 from ..runtime.hub import WeightsUnavailable
 from ..segment.base import Segmenter
@@ -245,9 +245,22 @@ class ModelChoice:
     fits: bool
 
 
-def _release_estimate(source: str, dtype: torch.dtype, quantization: str | None) -> float:
+def _release_estimate(settings: AppSettings, source: str, gpus: list[GpuInfo]) -> float:
+    """GiB of `source`'s weights in the dtype the loader would plan here (float32 on GPUs below compute
+    8.0 and on CPUs without native bfloat16, so twice the bfloat16 size)."""
     variant, shape = RELEASES[source]
-    return estimate_weight_bytes(config_for(variant, shape), dtype, quantization) / GIB
+    config = config_for(variant, shape)
+    quantization = None if settings.quantization == "none" else settings.quantization
+
+    def weights(dtype: torch.dtype) -> int:
+        return estimate_weight_bytes(config, dtype, quantization)
+
+    quantized = quantization is not None
+    try:
+        _, dtype = plan_loading(settings.device, settings.dtype, gpus, weights, quantized=quantized)
+    except PlacementError:  # it does not fit: the size in the dtype the policy would want
+        _, dtype = plan_loading(settings.device, settings.dtype, gpus, lambda _: 0, quantized=quantized)
+    return weights(dtype) / GIB
 
 
 class SwitchRefused(InputError):
@@ -279,6 +292,8 @@ class Service:
         self._estimates: dict[str, float] = {}
         self.started_s = 0.0
         self.engine_notice = ""
+        self.gpu_notice = cuda_diagnosis()
+        """Non-empty when a GPU is there but torch cannot use it (a driver older than its CUDA build)."""
         self._engine = None
         self.generation = 0
         """Counts the model switches, so that every page can tell its panel and banner are out of date."""
@@ -347,15 +362,20 @@ class Service:
             self.warmer.drop_all()
             if self.preview and source in RELEASES:
                 return self._load_preview(RELEASES[source][0])
-            self.model = None
+            self._unload()
             try:
+                self._start_engine(source)
+                # With vLLM decoding, the decoder layers would only sit on the GPU beside the server's copy.
+                vllm = self._engine is not None
                 self.model = PixelRefer.from_pretrained(
                     source,
                     device=self.settings.device,
                     dtype=self.settings.dtype,
                     quantization=self.settings.quantization,
+                    **({"encoder_only": True} if vllm else {}),
                 )
-                self._attach_engine(self.model)
+                if vllm:
+                    self.model.engine = self._engine
                 self.preview = False
                 self.preview_reason = ""
             except WeightsUnavailable as exc:
@@ -383,6 +403,54 @@ class Service:
             self._attach_engine(self.model)
         return self.model
 
+    def _unload(self) -> None:
+        """Free the served model (and its engine) before another is planned: free GPU memory is read then,
+        and a GPU that cannot hold both models must not fail the switch into the preview.
+
+        Visitors' sessions may still hold the old model (they follow on their next event): its weights are
+        released all the same (moved to the meta device), so only the service's reference decides.
+        """
+        old, self.model = self.model, None
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+        if old is not None:
+            try:
+                torch.nn.Module.to(old.model, "meta")
+            except (RuntimeError, ValueError, TypeError):  # e.g. a quantized layout: references go anyway
+                _log.warning("The old model's weights could not be released at once", exc_info=True)
+        self.release_memory()
+
+    def _start_engine(self, source: str) -> None:
+        """With `--engine vllm`, start (or reach) the server from the checkpoint's files, before the app
+        loads anything: vLLM sizes its KV cache from the GPU memory free when it starts. When it cannot
+        serve, answers are decoded in-process and `engine_notice` says why."""
+        self.engine_notice = ""
+        if self.settings.engine != "vllm":
+            return
+        from ..engines.vllm_server import serve_checkpoint
+
+        plan = plan_checkpoint(
+            source, device=self.settings.device, dtype=self.settings.dtype, encoder_only=True
+        )
+        try:
+            self._engine = serve_checkpoint(
+                plan.folder,
+                plan.dtype,
+                plan.placement.devices,
+                url=self.settings.engine_url,
+                max_concurrency=max(16, self.settings.concurrency),
+            )
+        except Exception as exc:  # the app keeps serving with the in-process engine
+            self._engine_unavailable(exc)
+
+    def _engine_unavailable(self, exc: Exception) -> None:
+        _log.exception("The vLLM engine is not available; decoding in-process")
+        self.engine_notice = (
+            f"The vLLM engine is not available ({type(exc).__name__}: {str(exc).splitlines()[0]}); answers "
+            "are decoded in-process, one at a time."
+        )
+
     def _attach_engine(self, model: PixelRefer) -> None:
         """Give `model` the configured decode engine; when vLLM cannot serve, decode in-process and say why."""
         if self._engine is not None:
@@ -402,11 +470,7 @@ class Service:
             )
             model.engine = self._engine
         except Exception as exc:  # the app keeps serving with the in-process engine
-            _log.exception("The vLLM engine is not available; decoding in-process")
-            self.engine_notice = (
-                f"The vLLM engine is not available ({type(exc).__name__}: {str(exc).splitlines()[0]}); answers are decoded "
-                "in-process, one at a time."
-            )
+            self._engine_unavailable(exc)
 
     @property
     def model_concurrency(self) -> int:
@@ -446,6 +510,8 @@ class Service:
             lines.append(f"**Masks:** {self.segmenter.notice}")
         if self.engine_notice:
             lines.append(f"**Engine:** {self.engine_notice}")
+        if self.gpu_notice:
+            lines.append(f"**GPU:** {self.gpu_notice}")
         return scrub("\n\n".join(lines))
 
     def status(self) -> dict[str, str]:
@@ -492,14 +558,13 @@ class Service:
 
     def choices(self) -> list[ModelChoice]:
         """The four released checkpoints with their estimated size; only those that fit are offered."""
-        dtype = torch.float32 if not visible_gpus() or self.settings.device == "cpu" else torch.bfloat16
-        quantization = None if self.settings.quantization == "none" else self.settings.quantization
+        gpus = visible_gpus() if self.settings.device != "cpu" else []
         available = self.available_bytes() / GIB
         current = self.model.source if self.model is not None else ""
         out = []
         for source in RELEASES:
             if source not in self._estimates:
-                self._estimates[source] = _release_estimate(source, dtype, quantization)
+                self._estimates[source] = _release_estimate(self.settings, source, gpus)
             estimate = self._estimates[source]
             fits = self.preview or estimate * 1.15 <= available or source == current
             name = source.split("/", 1)[1]
