@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import threading
@@ -128,11 +129,19 @@ class Tally:
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
-            text = f"{type(exc).__name__}: {exc}"
-            self.note(kind, "busy" if any(w in text for w in BUSY_WORDS) else "failed", text)
+            self.failed(kind, exc)
             return None
         self.note(kind, "answered")
         return result
+
+    def failed(self, kind: str, exc: Exception) -> None:
+        """A request that raised: busy when it was told to wait (the words, or HTTP 429/503), refused on any
+        other 4xx, failed otherwise."""
+        text = f"{type(exc).__name__}: {exc}"
+        if any(word in text for word in BUSY_WORDS) or re.search(r"\b(429|503)\b", text):
+            self.note(kind, "busy", text)
+        else:
+            self.note(kind, "refused" if re.search(r"\b4\d\d\b", text) else "failed", text)
 
 
 @dataclass
@@ -178,7 +187,7 @@ class Attacker:
             try:
                 fresh = client(self.url, self.address)
             except Exception as exc:
-                self.tally.note("flood: new session", "refused", f"{type(exc).__name__}: {exc}")
+                self.tally.failed("flood: new session", exc)
                 self.stop.wait(0.2)
                 continue
             opened = handle_file(self.small[0])
@@ -284,15 +293,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=16, help="full-frame masks per visitor (16)")
     parser.add_argument("--minutes", type=float, default=10.0, help="minutes of load (10)")
     parser.add_argument("--askers", type=int, default=4, help="visitors asking at once during the load (4)")
-    parser.add_argument("--ram-budget-gb", type=float, default=None, help="the app's --ram-budget-gb (auto)")
+    parser.add_argument(
+        "--ram-budget-gb",
+        type=float,
+        default=12.0,
+        help="the app's --ram-budget-gb: what all visitors may hold in RAM (12; 64 visitors hold about 10)",
+    )
     parser.add_argument("--every", type=float, default=30.0, help="seconds between RSS lines (30)")
     args = parser.parse_args(argv)
 
     folder = Path(tempfile.mkdtemp(prefix="pixelrefer-soak-"))
     clip, masks, small = write_clip(folder), write_masks(folder, args.objects), write_small(folder)
     extra = ["--trusted-proxies", "1", "--max-sessions", str(max(64, args.visitors))]
-    if args.ram_budget_gb:
-        extra += ["--ram-budget-gb", str(args.ram_budget_gb)]
+    extra += ["--ram-budget-gb", str(args.ram_budget_gb)]
     print(
         f"# bench/soak.py: app.py in offline preview, {args.visitors} visitors each with a "
         f"{CLIP_SIZE[0]}x{CLIP_SIZE[1]} clip (16 frames) and {args.objects} full-frame masks; "
@@ -303,9 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     tally = Tally()
     stop = threading.Event()
     try:
-        print(f"app started in {app.started_s:.1f} s; RSS {app.rss_mb():.0f} MB", flush=True)
+        started = app.rss_mb()
+        print(f"app started in {app.started_s:.1f} s; RSS {started:.0f} MB", flush=True)
         visitors, took = set_up(app.url, args.visitors, clip, masks)
-        print(f"set-up: {len(visitors)} visitors in {took:.0f} s; RSS {app.rss_mb():.0f} MB", flush=True)
+        ready = app.rss_mb()
+        print(f"set-up: {len(visitors)} visitors in {took:.0f} s; RSS {ready:.0f} MB", flush=True)
         attacker = Attacker(app.url, small, tally, stop)
         ask_index = api_index(app.url, "ask")
         jobs = [
@@ -369,9 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         for key, text in sorted(tally.examples.items()):
             print(f"- {key}: {text}")
         print()
+        end = app.rss_mb()
         print(
-            f"RSS peak {peak:,.0f} MB, at the end {app.rss_mb():,.0f} MB; visitors who lost their work: "
-            f"{len(lost)} of {len(visitors)}" + (f" ({lost[:3]})" if lost else "")
+            f"RSS at start {started:,.0f} MB, after the set-up {ready:,.0f} MB, peak {max(peak, end):,.0f} MB, at "
+            f"the end {end:,.0f} MB (visitors' budget {args.ram_budget_gb:g} GB above what the app held at start); "
+            f"visitors who lost their work: {len(lost)} of {len(visitors)}"
+            + (f" ({lost[:3]})" if lost else "")
         )
         for visitor in visitors:
             visitor.client.close()

@@ -298,3 +298,17 @@ def test_budget_flags_environment_and_defaults(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert default_limits() == {"cpu": 20 * 2**30 - int(0.15 * 32 * 2**30)}
     assert default_limits(ram_bytes=123) == {"cpu": 123}
+
+
+def test_an_answer_needs_room_for_its_prompt_unless_the_prompt_is_cached(
+    service: Service, visitors: list[Workspace]
+) -> None:
+    ws = marked(service, visitors)
+    assert ws.session.prefix_cache.rows is not None
+    per_row = budget_module.need_answer(ws, "What is <object1>?", SHORT)["cpu"] // SHORT.max_new_tokens
+    model = ws.session.model
+    size = torch.tensor([], dtype=model.dtype).element_size()
+    assert per_row == kv_bytes_per_token(model.config, model.dtype) + model.config.hidden_size * size
+    ws.drop_caches()
+    rows = SHORT.max_new_tokens + service.settings.chat.max_prompt_tokens
+    assert budget_module.need_answer(ws, "What is <object1>?", SHORT) == {"cpu": rows * per_row}

@@ -460,7 +460,8 @@ class MemoryBudget:
         entry = self._visitors[id(ws)]
         if need:
             self.admit(ws, need, what)
-        entry.busy += 1
+        with self._lock:
+            entry.busy += 1
         try:
             yield
         except Exception as exc:
@@ -469,9 +470,11 @@ class MemoryBudget:
             self.recover(ws)
             raise ServerFull(FULL_MESSAGE) from exc
         finally:
-            entry.busy -= 1
-            entry.last_active = time.monotonic()
-            if entry.busy == 0:
+            with self._lock:
+                entry.busy -= 1
+                entry.last_active = time.monotonic()
+                done = entry.busy == 0
+            if done:
                 self.settle(ws)
 
     def stream(
@@ -556,11 +559,24 @@ def need_tracking(ws: Workspace, *args: Any, **kwargs: Any) -> dict[str, int]:
 
 
 def need_answer(ws: Workspace, *args: Any, **kwargs: Any) -> dict[str, int]:
-    """An answer: the KV cache of its new tokens, on the model's device (the prompt's is kept already or is
-    bounded like the features, which are measured once computed)."""
+    """An answer, on the model's device: the KV cache and embedding rows of its new tokens, and, when the
+    prompt's are not cached (never computed, or dropped for room), of the whole prompt: its last measured
+    length, else the longest a prompt may be (`ChatLimits.max_prompt_tokens`)."""
     settings = kwargs.get("settings") or next((a for a in args if hasattr(a, "max_new_tokens")), None)
     session = ws.session
     if session is None or settings is None:
         return {}
     model = session.model
-    return {str(model.device): kv_bytes_per_token(model.config, model.dtype) * int(settings.max_new_tokens)}
+    rows = int(settings.max_new_tokens)
+    if session.prefix_cache.rows is None:
+        known = session.last_prepared.lm_length if session.last_prepared is not None else None
+        rows += known or session.limits.max_prompt_tokens
+    text = getattr(model.config, "text_config", None) or model.config
+    per_row = kv_bytes_per_token(model.config, model.dtype) + int(text.hidden_size) * _element_size(
+        model.dtype
+    )
+    return {str(model.device): rows * per_row}
+
+
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.tensor([], dtype=dtype).element_size()
