@@ -209,6 +209,20 @@ def test_streaming_gives_the_same_answer_in_pieces(api: Running) -> None:
     assert finished.choices[0].token_ids == plain.choices[0].token_ids
 
 
+def test_sampling_repeats_with_a_seed_and_the_time_limit_ends_an_answer(serve, api: Running) -> None:
+    def sampled(seed: int) -> list[int]:
+        reply = ask(api.client(), [image_message(QUESTION)], temperature=1.0, seed=seed)
+        return reply.choices[0].token_ids
+
+    assert sampled(7) == sampled(7) != sampled(8)
+    hurried = serve(
+        settings=replace(SETTINGS, max_new_tokens=4000, chat=replace(SETTINGS.chat, generation_timeout_s=0.2))
+    )
+    reply = ask(hurried.client(), [image_message(QUESTION)], max_tokens=4000)
+    assert reply.choices[0].finish_reason == "length" and reply.pixelrefer["finish"] == "timeout"
+    assert 0 < reply.usage.completion_tokens < 4000
+
+
 def test_follow_up_continues_the_kept_conversation(api: Running, models: dict[str, PixelRefer]) -> None:
     client = api.client()
     first = ask(client, [image_message(QUESTION)])
