@@ -24,15 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -45,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pixelrefer.serve.examples import load_examples  # noqa: E402
+from tests.app_process import RunningApp  # noqa: E402
 
 CHROMIUM = Path(os.environ.get("PIXELREFER_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -84,12 +79,6 @@ RESET = "() => { const log = window.__marking; log.down = null; log.marker = nul
 CANVAS_SRC = "() => { const img = document.querySelector('#canvas img'); return img ? img.currentSrc : ''; }"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def build_sam(folder: Path) -> Path:
     """SAM 2.1 tiny with random weights at the official shape, saved in the official layout."""
     import torch
@@ -109,37 +98,9 @@ LAUNCH = (
 )
 
 
-@contextmanager
-def serve(sam2: str, log_path: Path) -> Iterator[str]:
+def serve(sam2: str, log_path: Path) -> RunningApp:
     """`python app.py --sam2 <sam2>` in the offline preview, until the block ends."""
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-c", LAUNCH, "--sam2", sam2, "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"app.py exited:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"app.py did not serve:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return RunningApp(["--sam2", sam2], log_path, launch=["-c", LAUNCH], timeout_s=300)
 
 
 def photos(folder: Path) -> list[tuple[str, Path, list[tuple[float, float]]]]:
@@ -283,8 +244,8 @@ def main() -> None:
         summary = {}
         for segmenter in args.segmenters:
             sam2 = "grabcut" if segmenter == "grabcut" else str(build_sam(work / "sam2-tiny"))
-            with serve(sam2, work / f"{segmenter}.log") as url:
-                rows = bench(url, shots, args.clicks)
+            with serve(sam2, work / f"{segmenter}.log") as app:
+                rows = bench(app.url, shots, args.clicks)
             every = []
             for label, _, first_mask, points, masks in rows:
                 every += masks

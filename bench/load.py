@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +41,10 @@ import psutil
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.app_process import RunningApp, free_port  # noqa: E402
+
 BUSY = "Queue is full"
 """Gradio's words to a visitor who arrives when the queue is full."""
 
@@ -277,12 +279,6 @@ def check_round(visits: list[Visit], references: dict[int, str]) -> tuple[int, i
 # ---------------------------------------------------------------------- the app under test
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class AppProcess:
     """`python app.py` in offline preview on a free port, with its own temporary folder.
 
@@ -292,38 +288,15 @@ class AppProcess:
 
     def __init__(self, queue_size: int, concurrency: int, extra: Sequence[str] = ()) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="pixelrefer-load-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
         env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
             "GRADIO_IS_E2E_TEST": "1",
             "GRADIO_ANALYTICS_ENABLED": "False",
             "TMPDIR": str(self.tmp),
             "GRADIO_TEMP_DIR": str(self.tmp / "gradio"),
         }
-        command = [sys.executable, str(REPO / "app.py"), "--port", str(self.port)]
-        command += ["--queue-size", str(queue_size), "--concurrency", str(concurrency), *extra]
-        self.log = open(self.tmp / "app.log", "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        self.started_s = self._wait()
-
-    def _wait(self, timeout_s: float = 180) -> float:
-        import httpx
-
-        began = time.perf_counter()
-        while time.perf_counter() - began < timeout_s:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"app.py exited with {self.process.returncode}; see {self.tmp / 'app.log'}"
-                )
-            try:
-                if httpx.get(self.url, timeout=2).status_code == 200:
-                    return time.perf_counter() - began
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"app.py did not answer within {timeout_s} s")
+        flags = ["--queue-size", str(queue_size), "--concurrency", str(concurrency), *extra]
+        self.app = RunningApp(flags, self.tmp / "app.log", env=env)
+        self.process, self.url, self.started_s = self.app.process, self.app.url, self.app.started_s
 
     def rss_mb(self) -> float:
         return psutil.Process(self.process.pid).memory_info().rss / 1e6
@@ -332,12 +305,7 @@ class AppProcess:
         return {"visitor folders": len(list(self.tmp.glob("pixelrefer-visitor-*")))}
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+        self.app.stop()
 
 
 class InProcessApp:
@@ -347,22 +315,23 @@ class InProcessApp:
     def __init__(self, queue_size: int, concurrency: int) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ["GRADIO_IS_E2E_TEST"] = "1"
-        sys.path.insert(0, str(REPO))
         began = time.perf_counter()
         import app
         from pixelrefer.chat.session import ChatSession
+        from pixelrefer.serve.service import AppSettings, Service
         from pixelrefer.serve.workspace import Workspace
 
         self._kinds = {"workspaces": Workspace, "chat sessions": ChatSession}
-        service = app.SERVICE
-        service.settings = replace(service.settings, queue_size=queue_size, concurrency=concurrency)
-        service.start()
-        self.demo = app.build(service)
-        options = app.launch_options(service.settings) if hasattr(app, "launch_options") else {}
+        settings = replace(AppSettings.parse([]), queue_size=queue_size, concurrency=concurrency)
+        self.demo = app.build(Service(settings).start())
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.demo.launch(
-            server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True, quiet=True, **options
+            server_name="127.0.0.1",
+            server_port=self.port,
+            prevent_thread_lock=True,
+            quiet=True,
+            **app.launch_options(settings),
         )
         self.started_s = time.perf_counter() - began
 

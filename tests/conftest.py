@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a model hub
+from .app_process import REPO, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach a model hub
 
 
 def fixtures_root() -> Path:
@@ -114,13 +113,6 @@ class PreviewApp:
     service: Any
     examples: tuple[Any, ...]
     page: Any
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 APP_PREVIEW_MAX_NEW_TOKENS = 4096

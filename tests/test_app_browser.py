@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,7 +37,8 @@ from pixelrefer.media.video import load_clip, probe_video, read_frames
 from pixelrefer.model import engine as transformers_engine
 
 from .app_media import SceneClip, SceneImage, iou, write_scene_clip, write_scene_image
-from .conftest import APP_PREVIEW_MAX_NEW_TOKENS, REPO, PreviewApp, fixtures_root, free_port
+from .app_process import RunningApp
+from .conftest import APP_PREVIEW_MAX_NEW_TOKENS, REPO, PreviewApp, fixtures_root
 
 pytestmark = pytest.mark.browser
 
@@ -679,34 +677,9 @@ def real_app(tiny_sam2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     assert (checkpoint / "config.json").is_file(), (
         f"no fixture checkpoint at {checkpoint}: set PIXELREFER_FIXTURES"
     )
-    port = free_port()
     log_path = tmp_path_factory.mktemp("real-app") / "app.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "app.py", "--model", str(checkpoint), "--sam2", str(tiny_sam2_dir)]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, f"app.py exited:\n{log_path.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"app.py did not serve:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with RunningApp(["--model", str(checkpoint), "--sam2", str(tiny_sam2_dir)], log_path) as app:
+        yield app.url
 
 
 def test_real_path_sam2_click_and_answer(browser: Browser, real_app: str, scene: SceneImage) -> None:
