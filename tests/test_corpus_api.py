@@ -69,11 +69,7 @@ def base_clip(corpus: Corpus) -> Clip:
 
 def answer(replies) -> Exchange:
     """Run an answer to its end and return the finished exchange."""
-    final = None
-    for reply in replies:
-        final = reply.exchange or final
-    assert final is not None
-    return final
+    return ChatSession.final(replies)
 
 
 def expect(outcome: Outcome, run: Callable[[], Any]) -> Any:

@@ -23,6 +23,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from pixelrefer import cli
+from pixelrefer.chat import limits as limits_module
 from pixelrefer.chat.limits import ChatLimits
 from pixelrefer.chat.session import ChatSession, Exchange
 from pixelrefer.media import limits as limits_module
@@ -46,11 +47,7 @@ def out_of_memory(*args, **kwargs):
 
 
 def answer(replies) -> Exchange:
-    final = None
-    for reply in replies:
-        final = reply.exchange or final
-    assert final is not None
-    return final
+    return ChatSession.final(replies)
 
 
 @pytest.fixture()

@@ -190,10 +190,7 @@ def session_with(model, limits: ChatLimits) -> ChatSession:
 
 
 def answer(replies) -> Exchange:
-    final = None
-    for reply in replies:
-        final = reply.exchange or final
-    return final
+    return ChatSession.final(replies)
 
 
 def test_the_history_limit_refuses_the_next_question_until_the_chat_is_cleared(model) -> None:
