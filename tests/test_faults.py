@@ -26,7 +26,6 @@ from pixelrefer import cli
 from pixelrefer.chat import limits as limits_module
 from pixelrefer.chat.limits import ChatLimits
 from pixelrefer.chat.session import ChatSession, Exchange
-from pixelrefer.media import limits as limits_module
 from pixelrefer.model.generation import GenerationSettings
 from pixelrefer.model.synthetic import build_checkpoint
 from pixelrefer.serve.render import history
