@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pixelrefer.chat.limits import ChatLimits
 from pixelrefer.chat.session import ChatSession, Exchange
 from pixelrefer.media.images import ImageError, load_image
-from pixelrefer.media.limits import ChatLimits, LimitExceeded, MediaLimits, MediaRejected
+from pixelrefer.media.limits import LimitExceeded, MediaLimits, MediaRejected
 from pixelrefer.model.generation import GenerationSettings
 from pixelrefer.serve.service import AppSettings, Service
 

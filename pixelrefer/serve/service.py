@@ -19,20 +19,22 @@ from pathlib import Path
 import psutil
 import torch
 
-from ..chat.warmup import Gate, Warmer
-from ..media.limits import ChatLimits, MediaLimits
+from ..chat.gate import Gate
+from ..chat.limits import ChatLimits
+from ..chat.warmup import Warmer
+from ..media.limits import MediaLimits
 from ..model.inference import PixelRefer
 from ..model.loading import estimate_weight_bytes, plan_checkpoint
 from ..model.synthetic import RELEASES, TINY, build_checkpoint, config_for
 from ..runtime.devices import GIB, GpuInfo, PlacementError, cuda_diagnosis, plan_loading, visible_gpus
 from ..runtime.errors import InputError
 from ..runtime.hub import WeightsUnavailable
+from ..runtime.redact import scrub
 from ..segment.base import Segmenter
 from ..segment.build import load_segmenter
 from .budget import MemoryBudget, default_limits, drop_sam, sam_holdings
 from .clients import HttpLimits
 from .flags import add_model_flags
-from .redact import scrub
 
 __all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "SwitchRefused", "DEFAULT_MODEL"]
 
@@ -496,7 +498,7 @@ class Service:
         """Markdown for the top of the page: empty when the real model and SAM 2.1 are serving.
 
         The reasons come from loaders that name folders and URLs; they are scrubbed of server paths and
-        tokens (`pixelrefer.serve.redact.scrub`) since every visitor reads them.
+        tokens (`pixelrefer.runtime.redact.scrub`) since every visitor reads them.
         """
         lines = []
         if self.preview:
