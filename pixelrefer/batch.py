@@ -48,7 +48,7 @@ __all__ = [
     "Waiting",
     "append_rows",
     "check_items",
-    "check_sampling_flags",
+    "check_provenance",
     "fit_mask",
     "load_item",
     "read_items",
@@ -91,16 +91,6 @@ class BatchSummary:
     @property
     def items_per_s(self) -> float:
         return (self.answered + self.failed) / self.seconds if self.seconds else 0.0
-
-
-def check_sampling_flags(sample: bool, temperature: float | None, top_p: float | None) -> None:
-    """Refuse --temperature/--top-p without --sample: greedy decoding would ignore them without a word."""
-    given = [
-        flag for flag, value in (("--temperature", temperature), ("--top-p", top_p)) if value is not None
-    ]
-    if given and not sample:
-        verb = "apply" if len(given) > 1 else "applies"
-        raise InputError(f"{' and '.join(given)} only {verb} when sampling: add --sample, or leave them out")
 
 
 def read_items(path: Path) -> list[BatchItem]:
@@ -272,6 +262,25 @@ def answer_item(
         session.close()
 
 
+def check_provenance(out_path: Path, provenance: Mapping[str, Any], *, known_only: bool = False) -> None:
+    """Refuse to append to an answers file whose rows were made with another provenance (rows written
+    before rows carried one are not compared). `known_only`: only what is known before the model loads."""
+    from .eval.provenance import refuse_mixed
+
+    if not out_path.is_file():
+        return
+    earlier = []
+    with open(out_path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by an interrupted run
+            if isinstance(row, dict) and isinstance(row.get("provenance"), dict):
+                earlier.append(row["provenance"])
+    refuse_mixed(earlier, provenance, out_path.name, known_only=known_only)
+
+
 def finished_ids(out_path: Path) -> set[str]:
     """Ids of the rows already answered without an error (what a restart skips)."""
     done: set[str] = set()
@@ -373,11 +382,15 @@ def run_batch(
     shard: tuple[int, int] = (0, 1),
     progress: Callable[[int], Progress] | None = Progress,
     model_name: str = "",
+    provenance: Mapping[str, Any] | None = None,
+    force: bool = False,
 ) -> BatchSummary:
     """Answer every item of `items_path` not yet answered in `out_path` (appended to, one row per item).
 
     `shard=(k, n)` takes every n-th item from the k-th, for data-parallel runs (one process per GPU, each
-    with its own output). `workers` defaults to what the engine decodes at once.
+    with its own output). `workers` defaults to what the engine decodes at once. With `provenance` (see
+    `eval.provenance.model_provenance`) every row records it, and a file holding rows of another
+    provenance is refused unless `force`.
     """
     items_path, out_path = Path(items_path), Path(out_path)
     settings = settings or GenerationSettings()
@@ -385,6 +398,8 @@ def run_batch(
     index, count = shard
     if not 0 <= index < count:
         raise InputError(f"shard {index}/{count}: the first number goes from 0 to {count - 1}")
+    if provenance is not None and not force:
+        check_provenance(out_path, provenance)
     items = read_items(items_path)[index::count]
     done = finished_ids(out_path)
     todo = [item for item in items if item.id not in done]
@@ -402,6 +417,8 @@ def run_batch(
         except Exception as exc:  # one bad item is its error row, never the end of the run
             row["answers"] = []
             row["error"] = _error_text(exc)
+        if provenance is not None:
+            row["provenance"] = dict(provenance)
         return row
 
     def count(row: dict[str, Any]) -> None:

@@ -104,6 +104,7 @@ def _batch_parsers(commands) -> None:
     add_generation_flags(batch)
     batch.add_argument("--report", default="", help="also write the HTML gallery here")
     batch.add_argument("--check", action="store_true", help="only check the items (no model is loaded)")
+    batch.add_argument("--force", action="store_true", help="append to OUT even if another run wrote it")
     report = commands.add_parser("report", help="an HTML gallery of batch answers, models side by side")
     report.add_argument("items", help="the items file the answers are for")
     report.add_argument("answers", nargs="+", help="answers files, one column each (e.g. full and Lite)")
@@ -269,8 +270,9 @@ def _load(args: argparse.Namespace):
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from .batch import Waiting, check_items, run_batch
+    from .batch import Waiting, check_items, check_provenance, run_batch
     from .engines import build_engine
+    from .eval.provenance import loaded_fields, model_provenance, requested_fields
 
     items = _existing(args.items, "items file")
     match = re.fullmatch(r"(\d+)/(\d+)", args.shard)
@@ -281,6 +283,17 @@ def _batch(args: argparse.Namespace) -> int:
     except InputError as exc:
         raise CliError(str(exc)) from exc
     shard = (int(match[1]), int(match[2]))
+
+    def record(fields: dict) -> dict:
+        return model_provenance(
+            model=args.model, engine=args.engine, quantization=args.quantization, settings=settings, **fields
+        )
+
+    if not args.force and not args.check:
+        try:  # before minutes of loading, what is known
+            check_provenance(Path(args.out), record(requested_fields(args.dtype)), known_only=True)
+        except InputError as exc:
+            raise CliError(str(exc)) from exc
     print(f"checking the items of {items.name}", file=sys.stderr)
     problems = check_items(items, shard, stream=sys.stderr)
     for item_id, problem in problems[:10]:
@@ -302,6 +315,8 @@ def _batch(args: argparse.Namespace) -> int:
             settings=settings,
             workers=args.workers,
             shard=shard,
+            provenance=record(loaded_fields(model)),
+            force=args.force,
         )
     finally:
         if engine is not None:

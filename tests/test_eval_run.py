@@ -139,7 +139,7 @@ def test_resume_skips_answered_items_and_refuses_other_settings(
     before = out.read_text()
     assert run(bench, out, "--max-new-tokens", "3", "--seed", "7") == 1
     message = capsys.readouterr().err
-    assert "holds predictions of another run" in message
+    assert "holds answers of another run" in message
     assert "settings.max_new_tokens: 5 -> 3" in message and "settings.seed: 1234 -> 7" in message
     assert "--force" in message and out.read_text() == before
     assert run(bench, out, "--max-new-tokens", "3", "--force") == 0

@@ -1,6 +1,7 @@
 """The runner machinery `batch` and `eval run` share, and the batch runner's defects fixed for both:
 rows appended as done (and after a cut line), the progress bar's time per item and ETA, a line while
-loading, sampling flags refused without --sample, `batch --check` validating items with no model loaded."""
+loading, `batch --check` validating items with no model loaded (and refusing sampling flags without --sample
+before it), and `batch` refusing to append to a file another run wrote."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelrefer.batch import Progress, Waiting, append_rows, check_sampling_flags
+from pixelrefer.batch import Progress, Waiting, append_rows
 from pixelrefer.cli import main
 from pixelrefer.media.masks import save_mask_png
-from pixelrefer.runtime.errors import InputError
 
+from .conftest import fixtures_root
 from .scenes import disc_mask, textured
 
 
@@ -68,15 +69,6 @@ def test_waiting_says_what_it_waits_for_while_it_does() -> None:
     assert any(line.startswith("loading ckpt... ") and line.endswith(" s") for line in lines[1:-1])
 
 
-def test_sampling_flags_need_sample() -> None:
-    check_sampling_flags(True, 0.7, 0.9)
-    check_sampling_flags(False, None, None)
-    with pytest.raises(InputError, match="--temperature and --top-p only apply when sampling: add --sample"):
-        check_sampling_flags(False, 0.7, 0.9)
-    with pytest.raises(InputError, match="--top-p only applies"):
-        check_sampling_flags(False, None, 0.9)
-
-
 def test_batch_check_validates_every_item_before_any_model(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -111,3 +103,42 @@ def test_batch_check_validates_every_item_before_any_model(
     assert not (tmp_path / "o.jsonl").exists()
     assert main([*argv[:-1], "--temperature", "0.5"]) != 0
     assert "--temperature only applies when sampling" in capsys.readouterr().err
+
+
+def test_batch_rows_record_provenance_and_another_run_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    Image.fromarray(textured(48, 64, 0)).save(tmp_path / "photo.png")
+    save_mask_png(disc_mask(48, 64, (20, 20), 9), tmp_path / "one.png")
+    items = tmp_path / "items.jsonl"
+    row = {
+        "id": "a",
+        "image": "photo.png",
+        "objects": [{"mask": "one.png"}],
+        "questions": ["What is <object1>?"],
+    }
+    items.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "answers.jsonl"
+    model = fixtures_root() / "pixelrefer-lite-tiny" / "checkpoint"
+    argv = [
+        "batch",
+        str(items),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+    ]
+    assert main([*argv, "--max-new-tokens", "3"]) == 0
+    provenance = json.loads(out.read_text())["provenance"]
+    assert provenance["model"] == str(model) and provenance["variant"] == "lite"
+    assert provenance["dtype"] == "float32" and provenance["settings"]["max_new_tokens"] == 3
+    capsys.readouterr()
+    assert main([*argv, "--max-new-tokens", "4"]) == 1
+    assert "settings.max_new_tokens: 3 -> 4" in capsys.readouterr().err
+    assert len(out.read_text().splitlines()) == 1
+    assert main([*argv, "--max-new-tokens", "4", "--force"]) == 0
+    assert "0 answered, 0 errors, 1 already done" in capsys.readouterr().err

@@ -125,13 +125,12 @@ def _official_path(args: argparse.Namespace, shard: int) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..batch import Waiting, check_sampling_flags
+    from ..batch import Waiting
     from ..serve.flags import settings_from_flags
     from .benchmarks import read_benchmark
-    from .provenance import provenance, revision_of
+    from .provenance import loaded_fields, provenance, requested_fields
     from .run import ObjectOptions, check_resume, plan_items, problems_summary, run_eval, write_official
 
-    check_sampling_flags(args.sample, args.temperature, args.top_p)
     settings = settings_from_flags(args)
     for flag in ("masks_per_object", "max_region_tokens", "workers"):
         value = getattr(args, flag)
@@ -149,9 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         print("note: --masks-per-object and --max-region-tokens apply to Lite only", file=sys.stderr)
     options = ObjectOptions(args.masks_per_object, args.max_region_tokens)
 
-    def record(**loaded) -> dict:
-        fields = {"revision": None, "variant": variant, "dtype": None if args.dtype == "auto" else args.dtype}
-        fields.update(loaded)
+    def record(fields: dict) -> dict:
         return provenance(
             benchmark=args.benchmark,
             annotations=annotations,
@@ -165,7 +162,9 @@ def _run(args: argparse.Namespace) -> int:
         )
 
     if not args.force and not args.check:
-        check_resume(args.out, record(), known_only=True)  # before minutes of loading, what is known
+        check_resume(
+            args.out, record(requested_fields(args.dtype, variant)), known_only=True
+        )  # before minutes of loading, what is known
     try:
         items = read_benchmark(args.benchmark, annotations)[index::count]
     except (ValueError, OSError) as exc:
@@ -191,17 +190,12 @@ def _run(args: argparse.Namespace) -> int:
         if args.engine == "vllm":
             with Waiting("starting the vLLM engine"):
                 model.engine = engine = build_engine("vllm", model, url=args.engine_url)
-        prov = record(
-            revision=revision_of(model.folder),
-            variant=model.variant,
-            dtype=str(model.dtype).removeprefix("torch."),
-        )
         summary = run_eval(
             model,
             args.benchmark,
             plans,
             args.out,
-            provenance=prov,
+            provenance=record(loaded_fields(model)),
             settings=settings,
             workers=args.workers,
             record_template=args.record_template,

@@ -2,22 +2,37 @@
 
 A predictions file holds one run: appending rows made with another model, dtype, engine, setting or
 annotation file would make its score meaningless without a word. `differences` names what differs;
-the runner refuses to resume on any difference unless told to mix (`--force`).
+`refuse_mixed` refuses to resume on any difference, for `eval run` and `batch` alike, unless told to mix
+(`--force`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..model.generation import GenerationSettings
+from ..runtime.errors import InputError
 
-__all__ = ["differences", "file_digest", "package_version", "provenance", "revision_of"]
+if TYPE_CHECKING:
+    from ..model.inference import PixelRefer
+
+__all__ = [
+    "differences",
+    "file_digest",
+    "loaded_fields",
+    "model_provenance",
+    "package_version",
+    "provenance",
+    "refuse_mixed",
+    "requested_fields",
+    "revision_of",
+]
 
 
 def package_version() -> str:
@@ -50,10 +65,22 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def provenance(
+def loaded_fields(model: PixelRefer) -> dict[str, Any]:
+    """The provenance fields known once the model has loaded: its hub revision, variant and dtype."""
+    return {
+        "revision": revision_of(model.folder),
+        "variant": model.variant,
+        "dtype": str(model.dtype).removeprefix("torch."),
+    }
+
+
+def requested_fields(dtype: str, variant: str | None = None) -> dict[str, Any]:
+    """The same fields before loading: what the command line asked for ("auto" dtype: not known yet)."""
+    return {"revision": None, "variant": variant, "dtype": None if dtype == "auto" else dtype}
+
+
+def model_provenance(
     *,
-    benchmark: str,
-    annotations: str | Path,
     model: str,
     revision: str | None,
     variant: str | None,
@@ -61,13 +88,9 @@ def provenance(
     engine: str,
     quantization: str | None,
     settings: GenerationSettings,
-    masks_per_object: int | None,
-    max_region_tokens: int | None,
 ) -> dict[str, Any]:
-    """The provenance record of a run (`variant` and `dtype` are None until the model has loaded)."""
+    """What answered (`variant` and `dtype` are None until the model has loaded): `batch` records this."""
     return {
-        "benchmark": benchmark,
-        "annotations": {"file": Path(annotations).name, "sha256": file_digest(annotations)},
         "model": model,
         "revision": revision,
         "variant": variant,
@@ -75,8 +98,25 @@ def provenance(
         "engine": engine,
         "quantization": quantization or "none",
         "settings": asdict(settings),
-        "objects": {"masks_per_object": masks_per_object, "max_region_tokens": max_region_tokens},
         "package_version": package_version(),
+    }
+
+
+def provenance(
+    *,
+    benchmark: str,
+    annotations: str | Path,
+    masks_per_object: int | None,
+    max_region_tokens: int | None,
+    **answered: Any,
+) -> dict[str, Any]:
+    """An `eval run`'s provenance: the benchmark, its annotation file's digest, `model_provenance(**answered)`
+    and Lite's mask choice."""
+    return {
+        "benchmark": benchmark,
+        "annotations": {"file": Path(annotations).name, "sha256": file_digest(annotations)},
+        **model_provenance(**answered),
+        "objects": {"masks_per_object": masks_per_object, "max_region_tokens": max_region_tokens},
     }
 
 
@@ -101,3 +141,21 @@ def differences(earlier: Mapping[str, Any], now: Mapping[str, Any], *, known_onl
         if before.get(key) != after.get(key):
             out.append(f"{key}: {before.get(key)!r} -> {after.get(key)!r}")
     return out
+
+
+def refuse_mixed(
+    earlier: Iterable[Mapping[str, Any]], now: Mapping[str, Any], name: str, *, known_only: bool = False
+) -> None:
+    """InputError naming what differs when any `earlier` provenance (of the rows already in the file
+    `name`) is not `now`'s: appending would mix two runs in one file."""
+    seen: list[Mapping[str, Any]] = []
+    for record in earlier:
+        if record in seen:
+            continue
+        seen.append(record)
+        diff = differences(record, now, known_only=known_only)
+        if diff:
+            raise InputError(
+                f"{name} holds answers of another run ({'; '.join(diff)}); use another --out, "
+                "or --force to add these to it"
+            )

@@ -37,7 +37,7 @@ from ..model.processing import parse_instruction
 from ..runtime.errors import InputError
 from .benchmarks import BENCHMARKS, EvalItem
 from .prompts import prompt_for
-from .provenance import differences
+from .provenance import refuse_mixed
 from .regions import area, decode, to_rle
 from .rows import SCHEMA, official_record, read_rows
 
@@ -286,20 +286,9 @@ def check_resume(out_path: str | Path, provenance: Mapping[str, Any], *, known_o
     """Refuse to append to a predictions file written with another provenance (InputError naming what
     differs). `known_only` compares only what is known before the model loads."""
     path = Path(out_path)
-    if not path.is_file():
-        return
-    seen: list[Mapping[str, Any]] = []
-    for row in read_rows(path):
-        earlier = row.get("provenance") or {}
-        if earlier in seen:
-            continue
-        seen.append(earlier)
-        diff = differences(earlier, provenance, known_only=known_only)
-        if diff:
-            raise InputError(
-                f"{path.name} holds predictions of another run ({'; '.join(diff)}); use another --out, "
-                "or --force to add these to it"
-            )
+    if path.is_file():
+        earlier = (row.get("provenance") or {} for row in read_rows(path))
+        refuse_mixed(earlier, provenance, path.name, known_only=known_only)
 
 
 def _done_ids(out_path: Path) -> set[str]:
