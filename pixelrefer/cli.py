@@ -204,8 +204,8 @@ def _read_inputs(args: argparse.Namespace):
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from .chat.session import parse_question
     from .chat.limits import ChatLimits
+    from .chat.session import parse_question
 
     if args.max_new_tokens < 1:
         raise CliError("--max-new-tokens must be at least 1")
