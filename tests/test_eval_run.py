@@ -194,6 +194,8 @@ def test_check_reads_no_weights_and_reports_problems(
     err = capsys.readouterr().err
     assert "item 1: the video missing.mp4 is not under" in err and "2 items ready, 1 with problems" in err
     assert not (tmp_path / "o.jsonl").exists()
+    assert main([*argv, "--limit", "1"]) == 0  # the first item only: the broken one is not looked at
+    assert "1 items ready, 0 with problems" in capsys.readouterr().err
 
 
 def test_sampling_flags_without_sample_are_refused(bench: dict[str, Path], tmp_path: Path, capsys) -> None:

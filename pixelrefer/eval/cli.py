@@ -70,6 +70,9 @@ def add_eval_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--shard", default="0/1", help="K/N: every N-th item from the K-th (one process per GPU)"
     )
+    run.add_argument(
+        "--limit", type=int, default=None, help="only the first N items (of the shard): a quick look"
+    )
     add_generation_flags(run)
     run.set_defaults(max_new_tokens=2048)  # the official mm_infer's default
     run.add_argument(
@@ -132,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
     from .run import ObjectOptions, check_resume, plan_items, problems_summary, run_eval, write_official
 
     settings = settings_from_flags(args)
-    for flag in ("masks_per_object", "max_region_tokens", "workers"):
+    for flag in ("masks_per_object", "max_region_tokens", "workers", "limit"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise InputError(f"--{flag.replace('_', '-')} must be at least 1")
@@ -166,7 +169,7 @@ def _run(args: argparse.Namespace) -> int:
             args.out, record(requested_fields(args.dtype, variant)), known_only=True
         )  # before minutes of loading, what is known
     try:
-        items = read_benchmark(args.benchmark, annotations)[index::count]
+        items = read_benchmark(args.benchmark, annotations)[index::count][: args.limit]
     except (ValueError, OSError) as exc:
         raise InputError(f"{annotations.name} is not a {args.benchmark} annotation file: {exc}") from exc
     print(f"checking {len(items)} items of {args.benchmark} ({variant} model)", file=sys.stderr)
