@@ -212,3 +212,86 @@ def test_the_app_service_serves_through_the_engine(models: dict, engines: dict, 
     finally:
         service.close()  # a server given by URL is left running
     assert engines["full"]._server.process.poll() is None
+
+
+def test_the_openai_server_answers_through_the_engine(models: dict, engines: dict) -> None:
+    """`python -m pixelrefer serve --engine vllm` (the rest of its tests: test_openai_api.py): on this module's
+    vLLM server, the `openai` client gets the transformers engine's greedy ids, for a first question and for a
+    follow-up continued from the kept conversation."""
+    import base64
+    import io
+    import time
+
+    import openai
+    import uvicorn
+    from PIL import Image
+
+    from pixelrefer.media.masks import mask_to_rle
+    from pixelrefer.serve.openai_api import OpenAIServer
+    from pixelrefer.serve.service import AppSettings, Service
+
+    from .conftest import free_port
+
+    reference = conversation(image_session(models["full"]))
+    settings = AppSettings(
+        model=str(models["full"].folder),
+        engine="vllm",
+        engine_url=engines["full"].url,
+        dtype="float32",
+        device="cpu",
+        max_new_tokens=GREEDY.max_new_tokens,
+    )
+    service = Service(settings)
+    model = service.load(settings.model)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            OpenAIServer(model, settings, name="tiny", concurrency=service.model_concurrency).app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        assert not service.preview and model.engine.name == "vllm"
+        while not server.started:
+            time.sleep(0.01)
+        picture = io.BytesIO()
+        Image.fromarray(textured(96, 128, 0)).save(picture, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(picture.getvalue()).decode()
+        regions = [
+            mask_to_rle(disc_mask(96, 128, (40, 40), 18)),
+            mask_to_rle(disc_mask(96, 128, (60, 90), 14)),
+        ]
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": url}},
+                    {"type": "text", "text": QUESTION},
+                ],
+            }
+        ]
+        ids = []
+        for follow_up in ("Which of them is larger, <object2>?", None):
+            reply = client.chat.completions.create(
+                model="tiny",
+                messages=messages,
+                max_tokens=GREEDY.max_new_tokens,
+                extra_body={"regions": regions, "return_token_ids": True},
+            )
+            ids.append(reply.choices[0].token_ids)
+            if follow_up:
+                messages += [
+                    {"role": "assistant", "content": reply.choices[0].message.content},
+                    {"role": "user", "content": follow_up},
+                ]
+        assert ids == reference
+        assert reply.pixelrefer["conversation"] == "continued"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        service.close()
