@@ -175,6 +175,25 @@ def refusal(call) -> openai.APIStatusError:
 def test_models_lists_the_served_model(api: Running) -> None:
     assert [m.id for m in api.client().models.list()] == [NAME]
     assert httpx.get(f"{api.url}/health").json() == {"status": "ok"}
+    page = {"origin": "https://tools.example.com", "access-control-request-method": "POST"}
+    assert (
+        "access-control-allow-origin"
+        not in httpx.options(f"{api.url}/v1/chat/completions", headers=page).headers
+    )
+
+
+def test_browser_pages_only_from_allowed_origins(serve) -> None:
+    running = serve(allow_origins=("https://tools.example.com",))
+    preflight = {"access-control-request-method": "POST", "access-control-request-headers": "authorization"}
+    allowed = httpx.options(
+        f"{running.url}/v1/chat/completions", headers={"origin": "https://tools.example.com", **preflight}
+    )
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://tools.example.com"
+    other = httpx.options(
+        f"{running.url}/v1/chat/completions", headers={"origin": "https://evil.example", **preflight}
+    )
+    assert "access-control-allow-origin" not in other.headers
 
 
 @pytest.mark.parametrize("variant", ["full", "lite"])

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -67,6 +69,7 @@ class ApiOptions:
     `stall_timeout_s`: how long a stream (or a request body) may stall before it is cut. `max_conversations`,
     `conversation_memory_mb` and `conversation_ttl_s` bound the conversations kept for follow-ups.
     `trusted_proxies`: proxies in front of the server that append to X-Forwarded-For (`clients.client_of`).
+    `allow_origins`: web pages (origins) whose scripts may call the API from a browser (CORS); none by default.
     """
 
     api_keys: tuple[str, ...] = ()
@@ -79,6 +82,7 @@ class ApiOptions:
     conversation_ttl_s: float = 1800.0
     served_model_name: str = ""
     trusted_proxies: int = 0
+    allow_origins: tuple[str, ...] = ()
 
 
 def _error(
@@ -223,7 +227,19 @@ class OpenAIServer:
             Route("/chat/completions", self.completions, methods=["POST"]),
         ]
         handlers = {404: self._not_found, 405: self._not_allowed, Exception: self._bug}
-        self.app = Starlette(routes=routes, exception_handlers=handlers)
+        cors = (
+            [
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=list(self.options.allow_origins),
+                    allow_methods=["GET", "POST"],
+                    allow_headers=["authorization", "content-type"],
+                )
+            ]
+            if self.options.allow_origins
+            else []
+        )
+        self.app = Starlette(routes=routes, exception_handlers=handlers, middleware=cors)
 
     # ------------------------------------------------------------------ routes
 
@@ -658,6 +674,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--stall-timeout-s", type=float, default=30.0)
     parser.add_argument("--conversation-memory-mb", type=float, default=4096.0)
     parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        help="a web page origin (https://tools.example.com) whose scripts may call the API (CORS); repeat",
+    )
+    parser.add_argument(
         "--trusted-proxies",
         type=int,
         default=int(env.get("PIXELREFER_TRUSTED_PROXIES", "0")),
@@ -682,6 +704,7 @@ def _options(args: argparse.Namespace, settings: AppSettings) -> ApiOptions:
         conversation_ttl_s=settings.session_ttl_s,
         served_model_name=args.served_model_name,
         trusted_proxies=max(0, args.trusted_proxies),
+        allow_origins=tuple(args.allow_origin),
     )
 
 
