@@ -120,7 +120,8 @@ def attempt(record: dict, key: str, work: Callable[[], object]) -> object | None
     try:
         value = work()
     except Exception as exc:  # out of memory, a missing package, a kernel the card lacks: say it, go on
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        text = " ".join(str(exc).split()) or "(no message: a package transformers needs is missing?)"
+        reason = f"{type(exc).__name__}: {text[:300]}"
         if record is not SKIPPED_OWNER:  # the run's own pieces are listed in SKIPPED only
             record.setdefault("skipped", {})[key] = reason
         SKIPPED.append(f"{record.get('name', 'run')} / {key}: {reason}")

