@@ -10,6 +10,8 @@ import html
 import re
 from typing import TYPE_CHECKING
 
+from ..media.masks import object_color
+
 if TYPE_CHECKING:
     from ..chat.session import ChatObject
     from .service import Service
@@ -20,6 +22,7 @@ __all__ = [
     "answer_html",
     "banner_title",
     "chips",
+    "colour_hex",
     "colour_tags",
     "describe_label",
     "history",
@@ -37,12 +40,18 @@ NEW_OBJECT = 0
 _FINISH_NOTES = {"stopped": " *(stopped)*", "timeout": " *(stopped: time budget reached)*"}
 
 
+def colour_hex(obj: ChatObject) -> str:
+    """The object's colour (its masks', its chip's and its tags') as `#rrggbb`."""
+    r, g, b = object_color(obj.color_index)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
 def colour_tags(ws: Workspace | None, text: str) -> str:
     """Escape the text and show each `<objectK>` in its object's colour."""
     safe = html.escape(text)
     if ws is None or ws.session is None:
         return safe
-    colours = {obj.id: ws.color_of(obj) for obj in ws.objects()}
+    colours = {obj.id: colour_hex(obj) for obj in ws.objects()}
 
     def paint(match: re.Match) -> str:
         colour = colours.get(int(match.group(1)))
@@ -60,7 +69,7 @@ def chips(ws: Workspace | None) -> str:
         return '<div class="chips">No objects yet: click on something in the picture, then Keep object.</div>'
     parts = []
     for obj in objects:
-        colour = ws.color_of(obj)
+        colour = colour_hex(obj)
         name = f" {html.escape(obj.name)}" if obj.name else ""
         frames = "" if ws.kind == "image" else f" · {len(obj.masks)} frame(s)"
         parts.append(

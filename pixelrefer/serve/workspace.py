@@ -1,14 +1,15 @@
 """One visitor's work: the media, the marks being drawn, the objects, the tracking, the chat, the exports.
 
 Everything a page does, without the page: the Gradio app turns events into these calls and shows what
-they return, and tests drive the same calls directly. A workspace owns a temporary folder for its
-uploads and exports and deletes it on `close()`.
+they return, and tests drive the same calls directly. This file holds the state and its rules (the marking
+state machine, media, chat); drawing the canvas and mapping its clicks are in `pixelrefer.serve.canvas`,
+writing the downloads in `pixelrefer.serve.exports`. A workspace owns a temporary folder for its exports
+and deletes it on `close()`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 import threading
@@ -18,36 +19,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from ..chat.session import ChatObject, ChatSession, Reply
 from ..media.images import load_image, shrink_image
-from ..media.masks import clean_mask, export_png_zip, export_rle_json, fit_mask, object_color
-from ..media.video import Clip, load_clip, overlay_image, write_overlay_video
+from ..media.masks import clean_mask, fit_mask
+from ..media.video import Clip, load_clip
 from ..model.generation import GenerationSettings
 from ..runtime.errors import InputError
 from ..segment.base import Prompt, PromptError, SegmentResult, scribble_mask
+from . import exports
 from .budget import budgeted, need_answer, need_clip, need_image, need_tracking
+from .canvas import DISPLAY_SIDE, display_copy, draw_canvas, to_frame
 from .service import Service
 
 if TYPE_CHECKING:
     from .examples import Example
 
-__all__ = ["Workspace", "MarkMode", "PREVIEW_NOTE"]
+__all__ = ["DISPLAY_SIDE", "MarkMode", "Workspace"]
 
 MarkMode = str
 """'positive' (click on the object), 'negative' (click on background), 'box' (two corner clicks)."""
-
-PREVIEW_NOTE = "Offline preview: answers from a tiny random model, meaningless."
-
-DISPLAY_SIDE = 1024
-"""The canvas picture's longer side at most. The page shows it about 560 px wide (twice that on a high-density
-screen), so a larger copy only costs drawing, encoding and sending on every click; clicks on it are mapped
-back to the frame's pixels (`from_display`) and marks and masks stay at the frame's size."""
-
-_POSITIVE = (40, 200, 60)
-_NEGATIVE = (230, 40, 40)
 
 
 @dataclass
@@ -341,99 +333,46 @@ class Workspace:
         self.tracked = True
         self._warm()
 
-    def overlay_png(self) -> Path:
-        """The image with every object drawn on it, as a PNG."""
-        if self.image is None:
-            raise InputError("Only images have an overlay picture; a clip's overlay is a video")
-        session = self._session()
-        masks = {obj.id: obj.masks[0] for obj in session.objects if 0 in obj.masks}
-        colors = {obj.id: obj.color_index for obj in session.objects}
-        drawn = overlay_image(self.image, masks, colors) if masks else self.image
-        path = self.folder / "overlay.png"
-        cv2.imwrite(str(path), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-        return self._written(path)
+    # ------------------------------------------------------------------ the canvas (`pixelrefer.serve.canvas`)
 
-    @budgeted()
-    def overlay_video(self) -> Path:
-        """The clip with every object drawn on every sampled frame, as a browser-playable mp4."""
-        if self.clip is None:
-            raise InputError("Only clips have an overlay video")
-        session = self._session()
-        masks = {
-            obj.id: {p: obj.masks[f] for p, f in enumerate(self.clip.indices) if f in obj.masks}
-            for obj in session.objects
-        }
-        colors = {obj.id: obj.color_index for obj in session.objects}
-        fps = max(1.0, min(4.0, len(self.clip) / max(self.clip.timestamps[-1], 1e-6)))
-        path = write_overlay_video(list(self.clip.frames), masks, colors, fps, self.folder / "overlay.mp4")
-        return self._written(path)
-
-    # ------------------------------------------------------------------ drawing
-
-    def _display_scale(self) -> tuple[float, float]:
-        """(x, y) factors from the frame's pixels to the canvas picture's (1 for pictures that fit)."""
-        (height, width), (shown_height, shown_width) = self.frame.shape[:2], self._display_frame().shape[:2]
-        return shown_width / width, shown_height / height
+    def canvas(self) -> np.ndarray:
+        """The current frame as the page shows it (at most `DISPLAY_SIDE` pixels on its longer side), with the
+        objects, the draft mask and the marks in progress drawn on it."""
+        masks, colors = self._shown_masks()
+        shown = self._display_frame()
+        return draw_canvas(shown, self.frame.shape, masks, colors, self.draft.prompt, self.draft.corner)
 
     def from_display(self, x: float, y: float) -> tuple[float, float]:
         """A point clicked on the canvas picture, in the frame's pixels."""
-        scale_x, scale_y = self._display_scale()
-        height, width = self.frame.shape[:2]
-        return min(x / scale_x, width - 1.0), min(y / scale_y, height - 1.0)
+        return to_frame(x, y, self.frame.shape, self._display_frame().shape)
 
     def _display_frame(self) -> np.ndarray:
         """The canvas's copy of the current frame, made once per frame (the pair holds the frame itself, so
         the identity test cannot be fooled by a new frame at the same address)."""
         frame = self.frame
         if self._shown is None or self._shown[0] is not frame:
-            self._shown = (frame, shrink_image(frame, DISPLAY_SIDE))
+            self._shown = (frame, display_copy(frame))
         return self._shown[1]
 
-    def canvas(self) -> np.ndarray:
-        """The current frame with its objects, the draft mask and the marks in progress drawn on it, at most
-        `DISPLAY_SIDE` pixels on its longer side."""
-        frame = self._display_frame()
-        height, width = frame.shape[:2]
-        scale_x, scale_y = self._display_scale()
-
-        def shown(mask: np.ndarray) -> np.ndarray:
-            if mask.shape == (height, width):
-                return mask
-            return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_AREA) >= 0.5
-
-        def at(x: float, y: float) -> tuple[int, int]:
-            return int(x * scale_x), int(y * scale_y)
-
+    def _shown_masks(self) -> tuple[dict, dict]:
+        """The masks drawn on this frame with their colour indices: every object's but the one being
+        re-marked, and the draft's."""
         masks, colors = {}, {}
-        for obj in self.session.objects if self.session else []:
+        for obj in self.objects():
             if self.frame_index in obj.masks and obj.id != self.target:
-                masks[obj.id] = shown(obj.masks[self.frame_index])
+                masks[obj.id] = obj.masks[self.frame_index]
                 colors[obj.id] = obj.color_index
         draft = self.draft.result
         if draft is not None and not draft.empty:
             label = self.target if self.target is not None else "new"
-            masks[label] = shown(draft.mask)
+            masks[label] = draft.mask
             colors[label] = self._session().get(self.target).color_index if self.target is not None else 11
-        image = overlay_image(frame, masks, colors) if masks else frame.copy()
-        radius = max(3, min(height, width) // 80)
-        for (x, y), positive in zip(self.draft.prompt.points, self.draft.prompt.positive, strict=True):
-            cv2.circle(image, at(x, y), radius, _POSITIVE if positive else _NEGATIVE, -1, cv2.LINE_AA)
-            cv2.circle(image, at(x, y), radius, (255, 255, 255), 1, cv2.LINE_AA)
-        if self.draft.prompt.box is not None:
-            x0, y0, x1, y1 = self.draft.prompt.box
-            cv2.rectangle(image, at(x0, y0), at(x1, y1), (255, 255, 255), 2)
-        if self.draft.corner is not None:
-            cv2.drawMarker(image, at(*self.draft.corner), (255, 255, 0), cv2.MARKER_CROSS, 4 * radius, 2)
-        return image
+        return masks, colors
+
+    # ------------------------------------------------------------------ chat
 
     def objects(self) -> list[ChatObject]:
         return list(self.session.objects) if self.session else []
-
-    def color_of(self, obj: ChatObject) -> str:
-        r, g, b = object_color(obj.color_index)
-        return f"#{r:02x}{g:02x}{b:02x}"
-
-    # ------------------------------------------------------------------ chat
 
     def _session(self) -> ChatSession:
         if self.session is None:
@@ -463,40 +402,31 @@ class Workspace:
             self.session.stop()
         self.cancel.set()
 
-    # ------------------------------------------------------------------ export
-
-    def _mask_set(self) -> dict[int, dict[int, np.ndarray]]:
-        return {obj.id: dict(obj.masks) for obj in self._session().objects}
+    # ------------------------------------------------------------------ files (`pixelrefer.serve.exports`)
 
     def export_masks_zip(self) -> Path:
-        if not self._session().objects:
-            raise InputError("There are no objects to export")
-        return self._written(export_png_zip(self._mask_set(), self.folder / "masks.zip"))
+        return self._written(exports.masks_zip(self._session(), self.folder))
 
     def export_masks_json(self) -> Path:
-        if not self._session().objects:
-            raise InputError("There are no objects to export")
-        return self._written(export_rle_json(self._mask_set(), self.folder / "masks_coco_rle.json"))
+        return self._written(exports.masks_json(self._session(), self.folder))
 
     def export_transcript(self, fmt: str) -> Path:
-        session = self._session()
-        objects = [
-            {"id": o.id, "tag": o.tag, "name": o.name, "color": self.color_of(o)} for o in session.objects
-        ]
-        if fmt == "json":
-            path = self.folder / "transcript.json"
-            record = {"preview": self.service.preview, "objects": objects, "turns": session.transcript()}
-            path.write_text(json.dumps(record, indent=2))
-            return self._written(path)
-        lines = ["# PixelRefer chat", ""]
-        if self.service.preview:
-            lines += [f"*{PREVIEW_NOTE}*", ""]
-        lines += [f"- {o['tag']}{' (' + o['name'] + ')' if o['name'] else ''}" for o in objects]
-        for turn in session.transcript():
-            lines += ["", f"**You:** {turn['question']}", "", f"**PixelRefer:** {turn['answer']}"]
-        path = self.folder / "transcript.md"
-        path.write_text("\n".join(lines) + "\n")
-        return self._written(path)
+        """The conversation as Markdown (`fmt` "md") or JSON ("json")."""
+        write = exports.transcript_json if fmt == "json" else exports.transcript_markdown
+        return self._written(write(self._session(), self.folder, self.service.preview))
+
+    def overlay_png(self) -> Path:
+        """The image with every object drawn on it, as a PNG."""
+        if self.image is None:
+            raise InputError("Only images have an overlay picture; a clip's overlay is a video")
+        return self._written(exports.overlay_png(self.image, self._session(), self.folder))
+
+    @budgeted()
+    def overlay_video(self) -> Path:
+        """The clip with every object drawn on every sampled frame, as a browser-playable mp4."""
+        if self.clip is None:
+            raise InputError("Only clips have an overlay video")
+        return self._written(exports.overlay_video(self.clip, self._session(), self.folder))
 
     def _written(self, path: Path) -> Path:
         if self.on_file is not None:
