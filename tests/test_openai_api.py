@@ -536,6 +536,19 @@ def test_waiting_requests_per_client(serve) -> None:
     assert error.status_code == 429 and error.body["code"] == "server_busy"
     running.close()
     waiting.join(timeout=60)
+    # a client that gives up while waiting for the model leaves nothing behind
+    running = ask(full.client("a"), [image_message(QUESTION)], stream=True, max_tokens=4000)
+    next(iter(running))
+    body = {"model": NAME, "messages": [image_message(QUESTION)], "regions": RLES, "max_tokens": 12}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{full.url}/v1/chat/completions", json=body, headers={"authorization": "Bearer b"}, timeout=1
+        )
+    running.close()
+    deadline = time.monotonic() + 20
+    while full.server._waiting:
+        assert time.monotonic() < deadline, f"requests still counted: {dict(full.server._waiting)}"
+        time.sleep(0.05)
     deadline = time.monotonic() + 20
     while one.server._waiting and time.monotonic() < deadline:  # the cut answer frees its place
         time.sleep(0.05)

@@ -400,6 +400,10 @@ class OpenAIServer:
             kind, value = await job.next()
             if kind == "refused":
                 return _refusal(value)
+            if kind == "cancelled":
+                return _error(
+                    400, "The client closed the request before it was answered", type="invalid_request_error"
+                )
             if kind == "bug":
                 return _error(500, _BUG_MESSAGE, type="server_error")
             if parsed.stream:
@@ -421,7 +425,8 @@ class OpenAIServer:
         session = None
         try:
             with self._slots:
-                if job.cancelled.is_set():
+                if job.cancelled.is_set():  # the client left while waiting for the model
+                    job.emit("cancelled")
                     return
                 kept = self.store.take(request.key(client, request.answers)) if request.answers else None
                 continued = kept is not None
