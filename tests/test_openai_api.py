@@ -257,8 +257,12 @@ def test_follow_up_continues_the_kept_conversation(api: Running, models: dict[st
         models["full"], [QUESTION, FOLLOW_UP]
     )
     # an edited history is another conversation: rebuilt from the request, not served from the cache
-    edited = [*history[:1], {"role": "assistant", "content": "Something else."}, history[2]]
-    assert ask(client, edited).pixelrefer["conversation"] == "new"
+    edited = [*history[:1], {"role": "assistant", "content": "Both <object2> and <object1>."}, history[2]]
+    rebuilt = ask(client, edited)
+    assert rebuilt.pixelrefer["conversation"] == "new"
+    answer = models["full"].encode_text("Both <region1> and <region0>.")  # read back in the model's labels
+    prompt = rebuilt.prompt_token_ids
+    assert any(prompt[i : i + len(answer)] == answer for i in range(len(prompt)))
 
 
 def test_one_clients_conversation_never_serves_another(serve) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import tempfile
 import threading
 import time
@@ -41,6 +42,9 @@ from .openai_request import ChatRequest, MediaPart, RequestRefused, data_url_byt
 __all__ = ["ConversationStore", "MediaAccess", "open_session", "session_bytes"]
 
 _log = logging.getLogger(__name__)
+
+_OBJECT_TAG = re.compile(r"<object(\d+)>")
+"""The client's names for the objects in an earlier answer, read back as the model's labels (`<region0>`)."""
 
 
 @dataclass(frozen=True)
@@ -176,16 +180,14 @@ def _clip_session(
 def _restore_history(session: ChatSession, request: ChatRequest, settings: GenerationSettings) -> None:
     """Earlier questions and answers of the request, as the session's history (answers re-encoded)."""
     ids = [obj.id for obj in session.objects]
-    labels = {f"<object{oid}>": label for oid, label in session.labels().items()}
+    labels = session.labels()
     for index, (question, answer) in enumerate(zip(request.questions, request.answers, strict=False)):
         try:
             session.limits.check_question(question)
             pieces = parse_question(question, ids)
         except InputError as exc:
             raise RequestRefused(f"messages[{2 * index}]: {exc}", param=f"messages[{2 * index}]") from None
-        text = answer
-        for tag, label in labels.items():
-            text = text.replace(tag, label)
+        text = _OBJECT_TAG.sub(lambda m: labels.get(int(m.group(1)), m.group(0)), answer)
         answer_ids = session.model.encode_text(text.strip())
         session.history.append(Exchange("ask", question, pieces, answer_ids, answer, "eos", settings))
 
@@ -269,6 +271,7 @@ class ConversationStore:
         nbytes = session_bytes(session)
         dropped: list[ChatSession] = []
         with self._lock:
+            self._expire()
             if self.max_entries == 0 or nbytes > self.max_bytes:
                 dropped.append(session)
             else:
