@@ -14,9 +14,9 @@ import gradio as gr
 
 from ..chat.session import ChatSession
 from ..media.images import load_image
-from ..model.generation import GenerationSettings
 from ..runtime.errors import InputError
 from .cancellation import on_cancel, stops_on_cancel
+from .flags import generation_settings
 from .policy import Policy
 from .service import Service
 from .visitor import workspace_for
@@ -50,7 +50,7 @@ class NamedApi:
         try:
             ws.open_image(image)
             obj = ws.add_mask(self._mask(mask), 0)
-            settings = GenerationSettings(max_new_tokens=int(max_new_tokens), seed=int(seed))
+            settings = generation_settings(max_new_tokens, False, None, None, seed)
             return ChatSession.final(ws.describe(obj.id, settings)).answer
         finally:
             ws.close()
@@ -79,12 +79,11 @@ class NamedApi:
             raise InputError("Call /open first")
         ws = workspace_for(self.service, ws)
         on_cancel(ws.stop)
-        settings = GenerationSettings(max_new_tokens=int(max_new_tokens), seed=int(seed))
+        settings = generation_settings(max_new_tokens, False, None, None, seed)
         return ws, ChatSession.final(ws.ask(question, settings)).answer
 
     def _mask(self, path):
         return load_image(path, limits=self.service.settings.media)
-
 
 
 def add_named_api(service: Service, policy: Policy, state: gr.State) -> NamedApi:
