@@ -254,8 +254,12 @@ def _release_estimate(settings: AppSettings, source: str, gpus: list[GpuInfo]) -
     config = config_for(variant, shape)
     quantization = None if settings.quantization == "none" else settings.quantization
 
-    def weights(dtype: torch.dtype) -> int:
-        return estimate_weight_bytes(config, dtype, quantization)
+    sizes: dict[torch.dtype, int] = {}
+
+    def weights(dtype: torch.dtype) -> int:  # each estimate builds the model on `meta`: once per dtype
+        if dtype not in sizes:
+            sizes[dtype] = estimate_weight_bytes(config, dtype, quantization)
+        return sizes[dtype]
 
     quantized = quantization is not None
     try:
