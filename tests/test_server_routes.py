@@ -325,6 +325,88 @@ def test_report_marks_a_bad_row_and_goes_on(tmp_path: Path) -> None:
     )
     page = write_report(items, [answers], tmp_path / "report.html").read_text()
     assert "bad finish_reason: int 5" in page and "a &lt;b&gt;cup&lt;/b&gt;" in page
-    assert "bad row: dict {&#x27;id&#x27;: &#x27;b&#x27;, &#x27;answers&#x27;: &#x27;not a list&#x27;}" in page
+    assert (
+        "bad row: dict {&#x27;id&#x27;: &#x27;b&#x27;, &#x27;answers&#x27;: &#x27;not a list&#x27;}" in page
+    )
     assert "bad answer: str &#x27;not an object&#x27;" in page
     assert "fine" in page and "[length]" in page
+
+
+# ---------------------------------------------------------------------- streams nobody reads
+
+
+def test_a_stream_not_read_is_cut_and_its_producer_closed() -> None:
+    """A socket that stops taking data (its `send` never returns) ends the stream after the stall time: the
+    guard returns, and the app's generator is closed (its `finally` runs: Gradio drops the session's pending
+    messages and ends its events there)."""
+    produced, closed = [], []
+
+    async def streaming_app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for k in range(10**6):
+                produced.append(k)
+                await send({"type": "http.response.body", "body": b"data: token\n\n", "more_body": True})
+        finally:
+            closed.append(True)
+
+    taken = []
+
+    async def full_socket(message):
+        if len(taken) >= 3:
+            await asyncio.Event().wait()  # the client reads no more
+        taken.append(message)
+
+    async def receive():
+        await asyncio.Event().wait()
+
+    async def run() -> float:
+        guard = RouteGuard(streaming_app, model_queue=1, limits=HttpLimits(stream_stall_s=0.2))
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/gradio_api/queue/data",
+            "query_string": b"session_hash=s",
+        }
+        began = asyncio.get_running_loop().time()
+        await asyncio.wait_for(guard(scope, receive, full_socket), 5)
+        return asyncio.get_running_loop().time() - began
+
+    elapsed = asyncio.run(run())
+    assert closed == [True] and len(produced) == 3 and elapsed < 5
+
+
+def test_events_nobody_comes_for_are_ended_after_the_stall_time() -> None:
+    """Pending messages of a session with no open stream are dropped and its events ended once the stall
+    time has passed; a session whose stream is open is left alone."""
+    from types import SimpleNamespace
+
+    from pixelrefer.serve.streams import Orphans
+
+    cleaned = []
+
+    async def clean_events(*, session_hash=None, event_id=None):
+        cleaned.append(session_hash)
+
+    queue = SimpleNamespace(
+        pending_messages_per_session={"gone": [1, 2], "reading": [3]}, clean_events=clean_events
+    )
+    orphans = Orphans(stall_s=0.05)
+    orphans.opened("reading")
+
+    async def run() -> list[int]:
+        first = await orphans.sweep(queue)
+        await asyncio.sleep(0.1)
+        orphans._next = 0.0  # the sweep runs at most once a second; the test does not wait for that
+        return [first, await orphans.sweep(queue)]
+
+    assert asyncio.run(run()) == [0, 1]
+    assert cleaned == ["gone"] and list(queue.pending_messages_per_session) == ["reading"]
+
+
+def test_an_upload_carries_at_most_the_files_per_request(http: httpx.Client) -> None:
+    one = http.post("gradio_api/upload", files=[("files", ("a.txt", b"a"))])
+    assert one.status_code == 200 and len(one.json()) == 1
+    many = http.post("gradio_api/upload", files=[("files", (f"{k}.txt", b"x" * 10)) for k in range(5)])
+    assert many.status_code == 413 and "at most 4 files per request" in many.json()["error"]
+    assert http.post("gradio_api/upload", content=b"x", headers={"content-type": "text/plain"}).status_code == 400

@@ -25,6 +25,7 @@ its own session's workspace, and handlers with wider effect (switching the model
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -115,6 +116,7 @@ class RouteGuard:
         self.prefix = prefix
         self.blobs: dict[tuple[str, str], tuple[int, float, int]] = {}
         self.orphans = Orphans(self.limits.stream_stall_s)
+        self._sweeper: asyncio.Task | None = None
         """Editor blobs accepted, by (session, id): (bytes, time, component id)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,11 +138,20 @@ class RouteGuard:
             return
         try:
             app = scope.get("app")
-            if hasattr(app, "get_blocks"):
-                await self.orphans.sweep(app.get_blocks()._queue)
+            if self._sweeper is None and hasattr(app, "get_blocks"):
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweep_orphans(app))
             await self._serve(route, client, scope, receive, send)
         finally:
             self.ledger.leave(client)
+
+    async def _sweep_orphans(self, app) -> None:
+        """Once a second, for as long as the server runs: end the events nobody comes for (`Orphans`)."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.orphans.sweep(app.get_blocks()._queue)
+            except Exception:  # the sweeper never stops on a bad round
+                _log.exception("sweeping orphaned events failed")
 
     async def _serve(self, route: Route, client: str, scope: Scope, receive: Receive, send: Send) -> None:
         receive = stalling_receive(receive, self.limits.body_stall_s)
@@ -160,6 +171,8 @@ class RouteGuard:
             if route.kind == "upload":
                 await self._upload(scope, receive, send)
                 return
+            if route.kind == "component" and not _blob_editors(scope["app"].get_blocks()):
+                raise Refused(404, "Not Found")  # before reading a byte of the body
             if route.kind in ("json", "component"):
                 body = await _read_body(receive, self._body_limit(route))
                 joined = self._check(scope, route, body, client)
@@ -314,13 +327,13 @@ class RouteGuard:
         """At most so many file references per event, and image editor values bounded from their headers."""
         if not isinstance(data, list):
             return
+        for block, value in zip(fn.inputs, data, strict=False):
+            if type(block).__name__ == "ImageEditor" and value is not None:
+                self._check_editor_value(value)
         most = max(self.limits.upload_files, self.limits.editor_layers + 2)
         files = sum(_count_files(value) for value in data)
         if files > most:
             raise Refused(413, f"An event may name at most {most} files; this one names {files}.")
-        for block, value in zip(fn.inputs, data, strict=False):
-            if type(block).__name__ == "ImageEditor" and value is not None:
-                self._check_editor_value(value)
 
     def _check_editor_value(self, value: object) -> None:
         limits = self.limits
