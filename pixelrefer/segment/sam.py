@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 from transformers import (
     Sam2ImageProcessor,
     Sam2Model,
@@ -277,6 +278,34 @@ def _forget_distant(session: Sam2VideoInferenceSession, frame_idx: int, keep: in
     return held
 
 
+def _image_key(image: np.ndarray) -> str:
+    """A picture's identity for the feature cache: its pixels and shape."""
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest.update(repr(image.shape).encode())
+    return digest.hexdigest()
+
+
+class _Pending:
+    """A picture's features being computed: `done` is set once they are kept or the computation gave up."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.waiters = 0
+
+
+class _PausePoints(TorchFunctionMode):
+    """Calls `pause()` before every torch operation of this thread (a torch-function mode is thread-local, so
+    other threads' calls never see it): background work stops within one operation when asked."""
+
+    def __init__(self, pause: Callable[[], None]) -> None:
+        super().__init__()
+        self.pause = pause
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.pause()
+        return func(*args, **(kwargs or {}))
+
+
 class Sam2Segmenter(Segmenter):
     """SAM 2.1: clicks, boxes and scribbles on images; prompts on any frames tracked through a clip."""
 
@@ -309,6 +338,10 @@ class Sam2Segmenter(Segmenter):
         # between frames (or several visitors on their own pictures) only pays the image encoder once each.
         self._embedded: OrderedDict[str, list[torch.Tensor]] = OrderedDict()
         self._cached_images = max(1, int(cached_images))
+        # Embeddings being computed (by a click or in the background), so a picture is never encoded twice
+        # at once: a click on it waits for the computation under way.
+        self._pending: dict[str, _Pending] = {}
+        self._embed_lock = threading.Lock()
         # Clicks share the cached image features; tracking runs hold GPU memory. Each has its own lock, so
         # a long tracking run does not hold up clicks on another picture.
         self._click_lock = threading.Lock()
@@ -343,19 +376,79 @@ class Sam2Segmenter(Segmenter):
 
     def _embeddings(self, image: np.ndarray) -> list[torch.Tensor]:
         """Image features, computed once per picture: further clicks on it only run the prompt encoder and
-        the light mask decoder. Keyed by the pixels, so a frame seen again is recognised whatever its source."""
-        digest = hashlib.blake2b(image.tobytes(), digest_size=16)
-        digest.update(repr(image.shape).encode())
-        key = digest.hexdigest()
-        if key in self._embedded:
-            self._embedded.move_to_end(key)
-            return self._embedded[key]
+        the light mask decoder. Keyed by the pixels, so a frame seen again is recognised whatever its source.
+        When the picture is being encoded already (in the background, `embed_in_background`), the click
+        waits for that computation instead of starting a second one."""
+        key = _image_key(image)
+        while True:
+            with self._embed_lock:
+                if key in self._embedded:
+                    self._embedded.move_to_end(key)
+                    return self._embedded[key]
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = _Pending()
+                    break
+                pending.waiters += 1
+            pending.done.wait()
+            # Stored, or given up (the background job was cancelled before a click wanted it): look again.
+        return self._finish(key, pending, lambda: self._encode(image))
+
+    def _encode(self, image: np.ndarray) -> list[torch.Tensor]:
         pixels = self.processor(images=image, return_tensors="pt")["pixel_values"]
-        embeddings = self.image_model.get_image_embeddings(self._to_device(pixels))
-        self._embedded[key] = embeddings
-        while len(self._embedded) > self._cached_images:
-            self._embedded.popitem(last=False)
-        return embeddings
+        return self.image_model.get_image_embeddings(self._to_device(pixels))
+
+    def _finish(
+        self, key: str, pending: _Pending, compute: Callable[[], list[torch.Tensor]]
+    ) -> list[torch.Tensor]:
+        """Run `compute` for `pending` and keep its result; whatever happens, wake whoever waits for it."""
+        try:
+            embeddings = compute()
+            with self._embed_lock:
+                self._embedded[key] = embeddings
+                while len(self._embedded) > self._cached_images:
+                    self._embedded.popitem(last=False)
+            return embeddings
+        finally:
+            with self._embed_lock:
+                self._pending.pop(key, None)
+            pending.done.set()
+
+    def has_embedding(self, image: np.ndarray) -> bool:
+        """Whether the picture's features are kept: a click on it runs only the decoder."""
+        key = _image_key(image)
+        with self._embed_lock:
+            return key in self._embedded
+
+    def embedding_bytes(self) -> int:
+        """What one picture's features hold (an upper bound in float32; they are the same size for every
+        picture, since the processor resizes pictures to the model's input), known before computing any."""
+        config = self.image_model.config
+        width = int(config.mask_decoder_config.hidden_size)
+        sizes = config.vision_config.backbone_feature_sizes
+        channels = [width // 8, width // 4, width]  # the decoder's projections of the two finer levels
+        return 4 * sum(c * int(h) * int(w) for c, (h, w) in zip(channels, sizes, strict=True))
+
+    def embed_in_background(self, image: np.ndarray, pause: Callable[[Callable[[], bool]], None]) -> bool:
+        """Compute and keep the picture's features ahead of the first click; False when they are kept or
+        being computed already. Before every torch operation `pause(wanted)` is called: it may block (a
+        model event is running) or raise to give up; `wanted()` turns true once a click waits for this very
+        computation, which must then go on (the click computes nothing itself)."""
+        key = _image_key(image)
+        with self._embed_lock:
+            if key in self._embedded or key in self._pending:
+                return False
+            pending = self._pending[key] = _Pending()
+
+        def wanted() -> bool:
+            return pending.waiters > 0
+
+        def compute() -> list[torch.Tensor]:
+            with _PausePoints(lambda: pause(wanted)), torch.inference_mode(), self.placement.autocast():
+                return self._encode(image)
+
+        self._finish(key, pending, compute)
+        return True
 
     def _prompt_inputs(self, prompt: Prompt, height: int, width: int) -> tuple[dict[str, torch.Tensor], int]:
         points, labels = prompt.model_points()

@@ -35,6 +35,7 @@ from ..segment.build import load_segmenter
 from .budget import MemoryBudget, default_limits, drop_sam, sam_holdings
 from .clients import HttpLimits
 from .flags import add_model_flags
+from .prefetch import EmbeddingPrefetcher
 
 __all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "SwitchRefused", "DEFAULT_MODEL"]
 
@@ -101,6 +102,8 @@ class AppSettings:
     session_ttl_s: float = 1800.0
     allow_model_switch: bool = False
     monitoring: bool = False
+    sam_prefetch: bool = True
+    """Compute SAM's image embedding of the picture on screen before the first click (`serve.prefetch`)."""
     http: HttpLimits = field(default_factory=HttpLimits)
     """The HTTP layer's per-client caps and timeouts (`pixelrefer.serve.clients`, docs/limits.md)."""
 
@@ -144,6 +147,13 @@ class AppSettings:
             "--engine-url",
             default=default("engine_url", base.engine_url),
             help="a running vLLM server (`python -m pixelrefer engine`); without it --engine vllm starts one",
+        )
+        parser.add_argument(
+            "--no-sam-prefetch",
+            dest="sam_prefetch",
+            action="store_false",
+            default=_enabled(default("sam_prefetch", "1")),
+            help="do not compute SAM's embedding of the picture on screen before the first click",
         )
         operator = parser.add_argument_group("what visitors may do (off unless the operator enables it)")
         operator.add_argument(
@@ -215,6 +225,7 @@ class AppSettings:
             engine_url=args.engine_url,
             allow_model_switch=args.allow_model_switch,
             monitoring=args.monitoring,
+            sam_prefetch=args.sam_prefetch,
             ram_budget_gb=_budget_gb(parser, "--ram-budget-gb", args.ram_budget_gb),
             gpu_budget_gb=_budget_gb(parser, "--gpu-budget-gb", args.gpu_budget_gb),
             http=HttpLimits.from_args(args, parser),
@@ -289,6 +300,10 @@ class Service:
         """What all visitors hold, per device, against the operator's limits (`pixelrefer.serve.budget`);
         the limits are set by `start()`, once the model is loaded."""
         self.warmer.on_stored = self.budget.after_warm_up
+        self.prefetcher = EmbeddingPrefetcher(
+            self.gate, self.budget, lambda: self.segmenter, enabled=settings.sam_prefetch
+        )
+        """Computes SAM's embedding of each picture shown before its first click (`pixelrefer.serve.prefetch`)."""
         self.model: PixelRefer | None = None
         self.requested = settings.model
         self.segmenter: Segmenter | None = None

@@ -113,6 +113,7 @@ class Workspace:
         self.image = image
         self.session = ChatSession(self._model(), image=image, limits=self.service.settings.chat)
         self._warm()
+        self._prefetch()
 
     @budgeted(need_clip, "This clip")
     def open_video(self, path: str | Path) -> tuple[str, ...]:
@@ -123,6 +124,7 @@ class Workspace:
         self.notes = clip.notes
         self.session = ChatSession(self._model(), clip=clip, limits=self.service.settings.chat)
         self._warm()
+        self._prefetch()
         return clip.notes
 
     def open_example(self, example: Example) -> str:
@@ -163,6 +165,7 @@ class Workspace:
             return
         self.position = int(np.clip(position, 0, len(self.clip) - 1))
         self.draft = _Draft(self._stored_prompt())
+        self._prefetch()
 
     def fit_mask(self, mask: np.ndarray) -> np.ndarray:
         """A mask drawn on the media as uploaded or as held here, at the held frame's size (the library's one
@@ -183,6 +186,11 @@ class Workspace:
         if self.session is not None:
             self.session.gate = self.service.gate
             self.service.warmer.schedule(self, self.session)
+
+    def _prefetch(self) -> None:
+        """SAM's embedding of the picture now shown, computed while the visitor looks at it, so the first click
+        runs only the decoder (`pixelrefer.serve.prefetch`); the previous picture's job is cancelled."""
+        self.service.prefetcher.show(self, self.frame)
 
     def sync_model(self) -> bool:
         """Follow a model switch: objects stay, the conversation restarts. True when it happened."""
@@ -437,6 +445,7 @@ class Workspace:
         """Free the session's caches and delete this visitor's files, and the copies of them served."""
         self.cancel.set()
         self.service.warmer.drop(self)
+        self.service.prefetcher.drop(self)
         if self.session is not None:
             self.session.close()
         self.session = None
