@@ -54,6 +54,27 @@ def workspaces(monkeypatch: pytest.MonkeyPatch) -> list[workspace_module.Workspa
     return created
 
 
+@pytest.fixture()
+def one_address(preview_app: PreviewApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every simulated visitor here connects from 127.0.0.1, which the route guard counts as one client
+    (`pixelrefer.serve.clients`); its per-client caps are lifted for the test, the server-wide bounds stay.
+    (tests/test_server_limits.py gives each client its own address instead.)"""
+    from dataclasses import replace
+
+    from pixelrefer.serve.webguard import RouteGuard
+
+    node = preview_app.demo.server_app.middleware_stack
+    while node is not None and not isinstance(node, RouteGuard):
+        node = getattr(node, "app", None)
+    assert node is not None, "the app is served without its route guard"
+    many = replace(
+        node.limits, requests_per_client=1000, sessions_per_client=1000, waiting_per_visitor=1000,
+        waiting_per_client=1000, queued_per_client=1000,
+    )  # fmt: skip
+    monkeypatch.setattr(node, "limits", many)
+    monkeypatch.setattr(node.ledger, "limits", many)
+
+
 def visitor_folders() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("pixelrefer-visitor-*"))
 
@@ -69,7 +90,7 @@ def all_closed(created: list, before: set[Path], timeout_s: float = 30.0) -> boo
 
 
 def test_eight_visitors_at_once_get_their_own_answers_and_are_freed(
-    preview_app: PreviewApp, tmp_path: Path, workspaces: list
+    preview_app: PreviewApp, tmp_path: Path, workspaces: list, one_address: None
 ) -> None:
     load = bench()
     before = visitor_folders()
@@ -87,7 +108,11 @@ def test_eight_visitors_at_once_get_their_own_answers_and_are_freed(
 
 
 def test_visitors_beyond_the_queue_bound_are_told_it_is_full(
-    preview_app: PreviewApp, tmp_path: Path, workspaces: list, monkeypatch: pytest.MonkeyPatch
+    preview_app: PreviewApp,
+    tmp_path: Path,
+    workspaces: list,
+    monkeypatch: pytest.MonkeyPatch,
+    one_address: None,
 ) -> None:
     """The app's queue holds `--queue-size` waiting events; here 3, so eight long answers overflow it."""
     load = bench()
