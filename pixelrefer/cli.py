@@ -261,6 +261,7 @@ def _printer(out) -> Callable[[str], None]:
 
 
 def _load(args: argparse.Namespace):
+
     from .model.inference import PixelRefer
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -349,14 +350,17 @@ def _report(args: argparse.Namespace) -> int:
 def _engine(args: argparse.Namespace) -> int:
     from .engines.vllm_server import serve_checkpoint
     from .model.loading import plan_checkpoint
+    from .runtime.devices import visible_gpus
 
     # Only the config is read: loading the model here would hold GPU memory that vLLM, which sizes its
     # KV cache from the free memory when it starts, needs.
-    plan = plan_checkpoint(args.model, device=args.device, dtype=args.dtype, encoder_only=True)
+    gpus = visible_gpus(measure_free=False)  # free memory would need a CUDA context in this process
+    plan = plan_checkpoint(args.model, device=args.device, dtype=args.dtype, encoder_only=True, gpus=gpus)
     engine = serve_checkpoint(
         plan.folder,
         plan.dtype,
         plan.placement.devices,
+        gpus=gpus,
         max_concurrency=args.max_num_seqs,
         server_options={
             "host": args.host,

@@ -207,6 +207,32 @@ def test_the_engine_command_reads_only_the_config(monkeypatch: pytest.MonkeyPatc
     assert "--engine-url http://127.0.0.1:1" in capsys.readouterr().out
 
 
+def test_on_a_gpu_the_engine_command_plans_without_a_cuda_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pixelrefer import cli
+
+    measured: list[int] = []  # reading free memory would create a CUDA context (hundreds of MB) here
+    props = SimpleNamespace(name="Fake T4", total_memory=15 * GIB, major=7, minor=5)
+    monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(devices.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(devices.torch.cuda, "get_device_properties", lambda index: props)
+    monkeypatch.setattr(
+        devices.torch.cuda, "mem_get_info", lambda index: measured.append(index) or (GIB, GIB)
+    )
+    calls = []
+    monkeypatch.setattr(vllm_server, "VllmServer", FakeServer)
+    monkeypatch.setattr(vllm_server, "VllmEngine", FakeEngine)
+    monkeypatch.setattr(
+        vllm_server,
+        "export_llm",
+        lambda folder, dtype, cache: calls.append(dtype) or SimpleNamespace(head_dim=16, name="x"),
+    )
+    _Recorder.made.clear()
+    assert cli.main(["engine", "--model", str(FULL)]) == 1
+    assert measured == [] and calls == [torch.float16]  # a T4: float16, never float32, on the GPU
+    (_, _, options), _ = _Recorder.made
+    assert options["dtype"] == "float16"
+
+
 def _service(tmp_path: Path, **settings):
     from pixelrefer.serve.service import AppSettings, Service
 

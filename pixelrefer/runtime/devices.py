@@ -88,8 +88,13 @@ class Placement:
         return torch.device(self.devices[0])
 
 
-def visible_gpus() -> list[GpuInfo]:
-    """The CUDA devices torch can use right now (empty on a CPU machine, said loudly when a GPU is there)."""
+def visible_gpus(*, measure_free: bool = True) -> list[GpuInfo]:
+    """The CUDA devices torch can use right now (empty on a CPU machine, said loudly when a GPU is there).
+
+    `measure_free=False` reports each GPU's total as free: reading free memory creates a CUDA context
+    (a few hundred MB on every GPU, for the life of the process), which a process that only starts a
+    vLLM server must not hold, since vLLM sizes its cache from the memory free when it starts.
+    """
     if not torch.cuda.is_available():
         _warn_unusable_gpu()
         return []
@@ -97,6 +102,8 @@ def visible_gpus() -> list[GpuInfo]:
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
         try:
+            if not measure_free:
+                raise RuntimeError("not measured")
             free, total = torch.cuda.mem_get_info(index)
         except RuntimeError:
             free, total = props.total_memory, props.total_memory

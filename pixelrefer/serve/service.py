@@ -451,14 +451,16 @@ class Service:
             return
         from ..engines.vllm_server import serve_checkpoint
 
+        gpus = visible_gpus(measure_free=False)  # no CUDA context in this process before vLLM starts
         plan = plan_checkpoint(
-            source, device=self.settings.device, dtype=self.settings.dtype, encoder_only=True
+            source, device=self.settings.device, dtype=self.settings.dtype, encoder_only=True, gpus=gpus
         )
         try:
             self._engine = serve_checkpoint(
                 plan.folder,
                 plan.dtype,
                 plan.placement.devices,
+                gpus=gpus,
                 url=self.settings.engine_url,
                 max_concurrency=max(16, self.settings.concurrency),
             )
