@@ -14,7 +14,7 @@ import re
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,20 +28,23 @@ from moviepy.video.io.ffmpeg_writer import FFMPEG_VideoWriter
 from PIL import Image
 
 from ..runtime.errors import InputError
-from .limits import MediaLimits, MediaRejected
+from .limits import MediaLimits, MediaRejected, fit_within
 from .masks import ObjectId, mask_bbox, object_color, to_bool_mask
 from .sampling import FrameSample, sample_frames
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "OVERLAY_MAX_PIXELS",
     "Clip",
     "TruncatedVideo",
     "VideoInfo",
     "load_clip",
     "load_frame_folder",
     "overlay_image",
+    "overlay_plan",
     "probe_video",
     "read_frames",
+    "write_clip_overlay",
     "write_overlay_video",
 ]
 
@@ -86,6 +89,11 @@ class Clip:
     notes: tuple[str, ...] = ()
     source_size: tuple[int, int] | None = None
     """(width, height) of the frames before they were shrunk (`MediaLimits.fit_size`); None if they were not."""
+    path: Path | None = None
+    """The file the frames came from (a video file; None for a folder of frames)."""
+    source_frames: int = 0
+    """How many of the file's frames the clip covers (0 .. source_frames - 1, after the duration limit), which
+    the overlay video plays at `native_fps`; 0 when unknown."""
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -340,26 +348,12 @@ def read_frames(
         if not opened:
             raise _unreadable(source.name, report)
         size = _upright_size(_stream_infos(source.name, report))
-    width, height = size
     wanted = set(indices)
-    last = max(indices)
-    command = [FFMPEG_BINARY, "-nostdin", "-loglevel", "error", *_input(source, demuxer), "-map", "0:v:0"]
-    command += ["-frames:v", str(last + 1), "-fps_mode", "passthrough", "-vf", f"scale={width}:{height}"]
-    command += ["-sws_flags", "bicubic", "-pix_fmt", "rgb24", "-f", "rawvideo", "-"]
-    frame_bytes = width * height * 3
     kept: dict[int, np.ndarray] = {}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as decoder:
-        assert decoder.stdout is not None
-        position = 0
-        while position <= last:
-            data = decoder.stdout.read(frame_bytes)
-            if len(data) < frame_bytes:
-                break
-            if position in wanted:
-                kept[position] = np.frombuffer(data, np.uint8).reshape(height, width, 3).copy()
-            position += 1
-        decoder.stdout.close()
-        decoder.kill()
+    position = 0
+    for position, frame in enumerate(_decode(source, demuxer, max(indices) + 1, size), start=1):
+        if position - 1 in wanted:
+            kept[position - 1] = frame.copy()
     missing = sorted(wanted - set(kept))
     if missing:
         raise TruncatedVideo(
@@ -368,6 +362,27 @@ def read_frames(
             decoded=position,
         )
     return [kept[index] for index in indices]
+
+
+def _decode(source: Path, demuxer: str, count: int, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """The first `count` frames as the decoder presents them (one per packet), at `size` (width, height), one
+    at a time: each array is a view of a buffer read for it alone. Stops early when the file yields fewer."""
+    width, height = size
+    command = [FFMPEG_BINARY, "-nostdin", "-loglevel", "error", *_input(source, demuxer), "-map", "0:v:0"]
+    command += ["-frames:v", str(count), "-fps_mode", "passthrough", "-vf", f"scale={width}:{height}"]
+    command += ["-sws_flags", "bicubic", "-pix_fmt", "rgb24", "-f", "rawvideo", "-"]
+    frame_bytes = width * height * 3
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as decoder:
+        assert decoder.stdout is not None
+        try:
+            for _ in range(count):
+                data = decoder.stdout.read(frame_bytes)
+                if len(data) < frame_bytes:
+                    return
+                yield np.frombuffer(data, np.uint8).reshape(height, width, 3)
+        finally:
+            decoder.stdout.close()
+            decoder.kill()
 
 
 def _sample(n_frames: int, info: VideoInfo, fps: float, cap: int, notes: list[str]) -> FrameSample:
@@ -440,11 +455,22 @@ def load_clip(
             "so the clip is sampled from those."
         )
         sampling = []
-        sample = _sample(min(cut.decoded, n_frames), info, fps, cap, sampling)
+        n_frames = min(cut.decoded, n_frames)
+        sample = _sample(n_frames, info, fps, cap, sampling)
         frames = read_frames(info.path, sample.indices, size=decode_size)
     notes += sampling
     source_size = (info.width, info.height) if decode_size else None
-    return Clip(tuple(frames), sample.indices, sample.timestamps, info.fps, "file", tuple(notes), source_size)
+    return Clip(
+        tuple(frames),
+        sample.indices,
+        sample.timestamps,
+        info.fps,
+        "file",
+        tuple(notes),
+        source_size,
+        path=info.path,
+        source_frames=n_frames,
+    )
 
 
 def load_frame_folder(
@@ -562,6 +588,21 @@ def overlay_image(
     return result
 
 
+def _encode(drawn: Iterable[np.ndarray], size: tuple[int, int], fps: float, target: Path) -> Path:
+    """Frames of `size` (width, height) as an mp4 browsers play: H.264, yuv420p, sides padded to even."""
+    width, height = size
+    even_w, even_h = width + width % 2, height + height % 2
+    params = ["-pix_fmt", "yuv420p", "-movflags", "+faststart", "-crf", "20"]
+    with FFMPEG_VideoWriter(
+        str(target), (even_w, even_h), fps, codec="libx264", preset="veryfast", ffmpeg_params=params
+    ) as writer:
+        for frame in drawn:
+            if (even_w, even_h) != (width, height):
+                frame = np.pad(frame, ((0, even_h - height), (0, even_w - width), (0, 0)), mode="edge")
+            writer.write_frame(np.ascontiguousarray(frame))
+    return target
+
+
 def write_overlay_video(
     frames: Sequence[np.ndarray],
     masks_by_object: Mapping[ObjectId, Mapping[int, Any]],
@@ -570,23 +611,21 @@ def write_overlay_video(
     path: str | os.PathLike,
     *,
     progress: Callable[[int, int], None] | None = None,
+    captions: Sequence[str] | None = None,
 ) -> Path:
     """Write every frame with its objects drawn on it as an mp4 browsers play (H.264, yuv420p, even sides).
 
     `masks_by_object[obj][k]` is the mask of object `obj` on `frames[k]`; frames without a mask for an object
-    show it nothing. Frames are rendered one at a time, so memory stays at one frame.
+    show it nothing. `captions[k]`, when given, is written in the frame's top-left corner. Frames are rendered
+    one at a time, so memory stays at one frame.
     """
     if not frames:
         raise ValueError("No frames to write")
     if fps <= 0:
         raise ValueError("fps must be positive")
     height, width = frames[0].shape[:2]
-    even_w, even_h = width + width % 2, height + height % 2
-    target = Path(path)
-    params = ["-pix_fmt", "yuv420p", "-movflags", "+faststart", "-crf", "20"]
-    with FFMPEG_VideoWriter(
-        str(target), (even_w, even_h), fps, codec="libx264", preset="veryfast", ffmpeg_params=params
-    ) as writer:
+
+    def drawn() -> Iterator[np.ndarray]:
         for position, frame in enumerate(frames):
             if frame.shape[:2] != (height, width):
                 raise ValueError(
@@ -597,10 +636,124 @@ def write_overlay_video(
                 for obj, per_frame in masks_by_object.items()
                 if position in per_frame
             }
-            drawn = overlay_image(frame, present, colors)
-            if (even_w, even_h) != (width, height):
-                drawn = np.pad(drawn, ((0, even_h - height), (0, even_w - width), (0, 0)), mode="edge")
-            writer.write_frame(np.ascontiguousarray(drawn))
+            image = overlay_image(frame, present, colors)
+            if captions is not None:
+                _draw_caption(image, captions[position])
+            yield image
             if progress is not None:
                 progress(position + 1, len(frames))
-    return target
+
+    return _encode(drawn(), (width, height), fps, Path(path))
+
+
+OVERLAY_MAX_PIXELS = 250_000_000
+"""Pixels an overlay video of a whole clip may render (frames x width x height), checked before decoding: a
+30 s clip at 30 fps keeps up to about 0.28 megapixels a frame (704x396); a longer or larger clip is written
+smaller. Decoding, drawing and encoding cost time in proportion; memory is one frame whatever the size."""
+
+_OVERLAY_MIN_SIDE = 96
+"""Below this longer side the whole clip is not worth playing: the sampled frames are written instead."""
+
+
+def overlay_plan(clip: Clip, max_pixels: int = OVERLAY_MAX_PIXELS) -> tuple[int, int] | None:
+    """The (width, height) the clip's overlay is written at, frame for frame at its own rate, or None when it
+    cannot be (a folder of frames, the file gone, or too many frames for `max_pixels` even when small)."""
+    if clip.source != "file" or clip.path is None or clip.source_frames <= 0 or not clip.path.is_file():
+        return None
+    width, height = clip.size
+    per_frame = max_pixels / clip.source_frames
+    if width * height <= per_frame:
+        return width, height
+    side = int(max(width, height) * (per_frame / (width * height)) ** 0.5)
+    if side < _OVERLAY_MIN_SIDE:
+        return None
+    return fit_within(width, height, side)
+
+
+def write_clip_overlay(
+    clip: Clip,
+    masks_by_frame: Mapping[ObjectId, Mapping[int, Any]],
+    colors: Mapping[ObjectId, int],
+    path: str | os.PathLike,
+    *,
+    max_pixels: int = OVERLAY_MAX_PIXELS,
+) -> Path:
+    """The clip with its objects drawn on it, as an mp4 that plays at the clip's own frame rate.
+
+    `masks_by_frame[obj][i]` is object `obj`'s mask on source frame `i`, known on the sampled frames. Every
+    frame the clip covers is decoded again from its file (one at a time, at the size `overlay_plan` allows)
+    and tinted with the masks of the nearest sampled frame, so an object is drawn where it was tracked, held
+    for half a sampling step either side. When the whole clip cannot be played (`overlay_plan` is None), the
+    sampled frames are written, each captioned "sampled frame k of n", at up to 4 frames a second.
+    """
+    target = Path(path)
+    size = overlay_plan(clip, max_pixels)
+    if size is None:
+        return _sampled_overlay(clip, masks_by_frame, colors, target)
+    indices = np.asarray(clip.indices)
+    order = np.argsort(indices, kind="stable")
+    ordered = indices[order]
+    resized: dict[int, dict[ObjectId, np.ndarray]] = {}
+
+    def masks_at(position: int) -> dict[ObjectId, np.ndarray]:
+        """The masks of sampled frame `position`, at the overlay's size (only the current one is kept)."""
+        if position not in resized:
+            resized.clear()
+            frame_index = clip.indices[position]
+            resized[position] = {
+                obj: _resize_mask(to_bool_mask(per_frame[frame_index]), size)
+                for obj, per_frame in masks_by_frame.items()
+                if frame_index in per_frame
+            }
+        return resized[position]
+
+    def nearest(frame_index: int) -> int:
+        after = int(np.searchsorted(ordered, frame_index))
+        candidates = [k for k in (after - 1, after) if 0 <= k < len(ordered)]
+        best = min(candidates, key=lambda k: (abs(int(ordered[k]) - frame_index), k))
+        return int(order[best])
+
+    def drawn() -> Iterator[np.ndarray]:
+        demuxer = _demuxer(clip.path)
+        for frame_index, frame in enumerate(_decode(clip.path, demuxer, clip.source_frames, size)):
+            yield overlay_image(frame, masks_at(nearest(frame_index)), colors)
+
+    return _encode(drawn(), size, clip.native_fps, target)
+
+
+def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (mask.shape[1], mask.shape[0]) == size:
+        return mask
+    return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def _sampled_overlay(
+    clip: Clip,
+    masks_by_frame: Mapping[ObjectId, Mapping[int, Any]],
+    colors: Mapping[ObjectId, int],
+    target: Path,
+) -> Path:
+    """The sampled frames only, each captioned as such, at their own spacing (1 to 4 frames a second)."""
+    masks = {
+        obj: {k: per_frame[f] for k, f in enumerate(clip.indices) if f in per_frame}
+        for obj, per_frame in masks_by_frame.items()
+    }
+    fps = max(1.0, min(4.0, len(clip) / max(clip.timestamps[-1], 1e-6)))
+    captions = [
+        f"sampled frame {k + 1} of {len(clip)} (t = {t:.1f} s)" for k, t in enumerate(clip.timestamps)
+    ]
+    return write_overlay_video(list(clip.frames), masks, colors, fps, target, captions=captions)
+
+
+def _draw_caption(canvas: np.ndarray, text: str) -> None:
+    """White text on a dark band in the top-left corner, sized to the frame."""
+    height, width = canvas.shape[:2]
+    scale = max(0.3, min(height, width) / 900)
+    thickness = max(1, int(round(scale * 2)))
+    (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    pad = max(2, thickness * 2)
+    cv2.rectangle(canvas, (0, 0), (min(width, text_w + 2 * pad), text_h + baseline + 2 * pad), (0, 0, 0), -1)
+    origin = (pad, pad + text_h)
+    cv2.putText(
+        canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA
+    )

@@ -1,5 +1,5 @@
 """What a visitor can download: the masks (PNG zip, COCO RLE JSON), the transcript (Markdown, JSON) and the
-overlay (a PNG of an image, an MP4 of a clip's sampled frames), each written into the visitor's folder.
+overlay (a PNG of an image, an MP4 of a clip at its own frame rate), each written into the visitor's folder.
 
 Functions of the chat session and the media only; `Workspace` calls them with its folder and notes each file
 it serves. The Markdown transcript is HTML-escaped: names and questions are what a visitor typed, and a
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..chat.session import ChatSession
 from ..media.masks import export_png_zip, export_rle_json
-from ..media.video import Clip, overlay_image, write_overlay_video
+from ..media.video import Clip, overlay_image, write_clip_overlay
 from ..runtime.errors import InputError
 from .render import colour_hex
 
@@ -88,11 +88,9 @@ def overlay_png(image: np.ndarray, session: ChatSession, folder: Path) -> Path:
 
 
 def overlay_video(clip: Clip, session: ChatSession, folder: Path) -> Path:
-    """The clip's sampled frames with every object drawn on them, as a browser-playable MP4."""
-    masks = {
-        obj.id: {p: obj.masks[f] for p, f in enumerate(clip.indices) if f in obj.masks}
-        for obj in session.objects
-    }
+    """The clip at its own frame rate with every object drawn where it was tracked (the nearest sampled
+    frame's mask), as a browser-playable MP4; or its sampled frames, captioned as such, when the whole clip
+    cannot be played (`pixelrefer.media.video.write_clip_overlay`)."""
+    masks = {obj.id: dict(obj.masks) for obj in session.objects}
     colors = {obj.id: obj.color_index for obj in session.objects}
-    fps = max(1.0, min(4.0, len(clip) / max(clip.timestamps[-1], 1e-6)))
-    return write_overlay_video(list(clip.frames), masks, colors, fps, folder / "overlay.mp4")
+    return write_clip_overlay(clip, masks, colors, folder / "overlay.mp4")
