@@ -124,12 +124,24 @@ def preview_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp
     """The app in offline preview (tiny random PixelRefer built under a temporary folder, GrabCut masks),
     built with its own Service and launched once per test run as `main()` launches it, on a free port."""
     import app
+    from pixelrefer.serve.clients import HttpLimits
     from pixelrefer.serve.service import AppSettings, Service
 
+    # Every test's visitors come from 127.0.0.1: as one client they would meet the per-client caps meant for
+    # one person's tabs (tests/test_server_*.py check those on their own guards).
+    many = 10_000
+    clients = replace(
+        HttpLimits(),
+        requests_per_client=many,
+        sessions_per_client=many,
+        waiting_per_client=many,
+        queued_per_client=many,
+    )
     settings = replace(
         AppSettings(),
         preview_dir=tmp_path_factory.mktemp("app-preview"),
         max_new_tokens=APP_PREVIEW_MAX_NEW_TOKENS,
+        http=clients,
     )
     service = Service(settings).start()
     assert service.preview, f"the app should fall back to its offline preview, not serve {service.requested}"

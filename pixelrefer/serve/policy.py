@@ -20,29 +20,18 @@ from typing import Any
 
 import gradio as gr
 
-from ..media.images import ImageError
-from ..media.limits import MediaRejected
-from ..media.masks import EmptyMaskError
 from ..runtime.errors import InputError
 from ..runtime.redact import scrub
-from ..segment.base import PromptError, TrackingCancelled
+from ..segment.base import TrackingCancelled
 from .service import Service
 
 __all__ = ["SHOWN", "Policy", "guard"]
 
 _log = logging.getLogger("pixelrefer.app")
 
-SHOWN: tuple[type[BaseException], ...] = (
-    InputError,
-    # The library's own classes, listed while they move onto InputError (each is one, or becomes one).
-    PromptError,
-    MediaRejected,
-    ImageError,
-    EmptyMaskError,
-    # Tracking cancelled by the visitor: its message says what was kept.
-    TrackingCancelled,
-)
-"""Exceptions whose message the caller may read."""
+SHOWN: tuple[type[BaseException], ...] = (InputError, TrackingCancelled)
+"""Exceptions whose message the caller may read: the caller's input is wrong, or the visitor cancelled the
+tracking (its message says what was kept)."""
 
 OUT_OF_MEMORY = "The server ran out of memory for this request; try a smaller clip or fewer tokens."
 
