@@ -96,7 +96,9 @@ class AppSettings:
     media: MediaLimits = field(default_factory=lambda: APP_MEDIA_LIMITS)
     chat: ChatLimits = field(default_factory=ChatLimits)
     max_new_tokens: int = 512
-    max_sessions: int = 64
+    max_sessions: int = 48
+    """Visitors holding a workspace at once: the heaviest (a 16-frame 1920 px clip, 4 tracked objects) of the
+    default PixelRefer-2B all keep their caches on a 24 GB GPU (docs/limits.md, Memory budget)."""
     ram_budget_gb: float | None = None
     gpu_budget_gb: float | None = None
     session_ttl_s: float = 1800.0
