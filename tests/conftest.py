@@ -114,6 +114,12 @@ class PreviewApp:
     examples: tuple[Any, ...]
     page: Any
 
+    def workspace_of(self, client: Any) -> Any:
+        """The server-side workspace of a `gradio_client.Client`'s session (the page's `gr.State`), or None
+        once the session is gone."""
+        session = self.demo.state_holder.session_data.get(client.session_hash)
+        return None if session is None else session[self.page.ui.state._id]
+
 
 APP_PREVIEW_MAX_NEW_TOKENS = 4096
 """The preview app's token limit in the tests: long enough that a visitor can stop an answer mid-way."""
@@ -160,6 +166,18 @@ def preview_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp
     finally:
         page.demo.close()
         service.close()
+
+
+@pytest.fixture()
+def client(preview_app: PreviewApp) -> Iterator[Any]:
+    """A fresh `gradio_client.Client` of the preview app: its own session, so its own workspace there."""
+    from gradio_client import Client
+
+    connected = Client(preview_app.url, verbose=False, download_files=False)
+    try:
+        yield connected
+    finally:
+        connected.close()
 
 
 # ---------------------------------------------------------------------- the bad-input corpus (test_corpus_*.py)

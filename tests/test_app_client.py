@@ -8,13 +8,10 @@ of the API.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
-import gradio as gr
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -47,26 +44,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | SceneIma
         "big": big,
         "big_disc": write_mask_png(big.disc, folder / "big_disc.png"),
     }
-
-
-@pytest.fixture()
-def client(preview_app: PreviewApp) -> Iterator[Client]:
-    """A fresh client: its own session, so its own workspace on the server."""
-    connected = Client(preview_app.url, verbose=False, download_files=False)
-    try:
-        yield connected
-    finally:
-        connected.close()
-
-
-def workspace_of(preview_app: PreviewApp, client: Client):
-    """The server-side workspace of this client's session (the app's `gr.State` that closes it)."""
-    (state,) = [
-        block
-        for block in preview_app.demo.blocks.values()
-        if isinstance(block, gr.State) and block.time_to_live != math.inf
-    ]
-    return preview_app.demo.state_holder[client.session_hash][state._id]
 
 
 def test_only_the_public_endpoints_are_in_the_api(client: Client) -> None:
@@ -165,7 +142,7 @@ def test_add_object_on_a_frame_of_a_clip(preview_app: PreviewApp, client: Client
     summary = json.loads(client.predict(video=handle_file(clip.path), api_name="/open"))
     assert 23 in summary["frames"]
     assert client.predict(handle_file(media["clip_disc_23"]), 23, api_name="/add_object") == "<object1>"
-    (obj,) = workspace_of(preview_app, client).objects()
+    (obj,) = preview_app.workspace_of(client).objects()
     assert list(obj.masks) == [23] and obj.marked_frames == (23,)
     assert obj.masks[23].sum() == clip.disc(23).sum()
     with pytest.raises(AppError, match="Frame 5 is not one of the clip's sampled frames"):
@@ -194,7 +171,7 @@ def test_ask_is_multi_turn_and_survives_a_bad_question(
     assert isinstance(second, str) and second.strip()
 
     # Both turns are one conversation on the server; the refused question left no trace.
-    session = workspace_of(preview_app, client).session
+    session = preview_app.workspace_of(client).session
     assert [e.question for e in session.history] == [
         "How do <object1> and <object2> relate?",
         "And what colour is <object1>?",

@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import gradio as gr
 import httpx
 import pytest
 from gradio_client import Client, handle_file
@@ -73,15 +72,6 @@ def decoder_steps(preview_app: PreviewApp, monkeypatch: pytest.MonkeyPatch) -> I
         handle.remove()
 
 
-def workspace_of(preview_app: PreviewApp, client: Client):
-    (state,) = [
-        block
-        for block in preview_app.demo.blocks.values()
-        if isinstance(block, gr.State) and block.time_to_live != float("inf")
-    ]
-    return preview_app.demo.state_holder[client.session_hash][state._id]
-
-
 def watch_stop(ws, steps: Steps, name: str) -> None:
     """Record the step count when `ws.<name>` is first called (what the cancel calls)."""
     original = getattr(ws, name)
@@ -113,7 +103,7 @@ def test_a_cancelled_api_answer_stops_within_one_token_and_frees_the_model(
     try:
         client.predict(image=handle_file(media["image"]), api_name="/open")
         client.predict(handle_file(media["disc"]), 0, api_name="/add_object")
-        ws = workspace_of(preview_app, client)
+        ws = preview_app.workspace_of(client)
         watch_stop(ws, decoder_steps, "stop")
         job = client.submit("What is <object1> doing?", LONG, 1, api_name="/ask")
         assert wait_for(lambda: decoder_steps.count >= 20), "the answer never started"
@@ -165,7 +155,7 @@ def test_a_cancelled_tracking_run_stops_within_one_frame(
             frames[0],
             api_name="/add_object",
         )
-        ws = workspace_of(preview_app, client)
+        ws = preview_app.workspace_of(client)
         watch_stop(ws.cancel, steps, "set")
         (index,) = [i for i, fn in preview_app.demo.fns.items() if fn.api_name == "on_track"]
         (trigger, _), *_ = preview_app.demo.fns[index].targets

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,13 +60,6 @@ def releases(preview_app: PreviewApp, monkeypatch: pytest.MonkeyPatch) -> list[i
 
     monkeypatch.setattr(preview_app.service, "release_memory", counted)
     return calls
-
-
-@pytest.fixture()
-def client(preview_app: PreviewApp) -> Iterator[Client]:
-    connected = Client(preview_app.url, verbose=False, download_files=False)
-    yield connected
-    connected.close()
 
 
 # ---------------------------------------------------------------------- out of memory
@@ -214,8 +206,6 @@ def test_a_segmenter_on_a_missing_device_falls_back_to_grabcut(tmp_path: Path) -
 
 
 def test_an_answer_over_its_time_budget_is_stopped_and_says_so(tmp_path: Path, corpus: Corpus) -> None:
-    import app
-
     settings = replace(
         AppSettings(),
         preview_dir=tmp_path,
