@@ -72,8 +72,11 @@ def test_no_ui_handler_is_joinable_by_fn_index_without_the_page(
 ) -> None:
     for name, index in ui_handlers(preview_app).items():
         fn = preview_app.demo.fns[index]
-        if any(event == "load" for _, event in fn.targets):
-            continue  # fired by the page as it loads, with no trigger: only `picker_update`, which reads
+        root = fn
+        while root.trigger_after is not None:
+            root = preview_app.demo.fns[root.trigger_after]
+        if any(event == "load" for _, event in root.targets):
+            continue  # fired by the page as it loads (or right after), with no trigger
         body = {"data": [None] * len(fn.inputs), "fn_index": index, "session_hash": "outsider"}
         response = http.post("queue/join", json=body)
         assert response.status_code == 403, (name, response.text)
