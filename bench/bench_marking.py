@@ -8,15 +8,26 @@ click is timed in the page, from the pointer going down to:
   after the click has loaded (the click drawn, or the mask with it);
 - mask shown: the marking message names the segmenter's answer and the picture that came with it has loaded.
 
-Before each timed click the marks are cleared, so every click is a fresh one-click object on a picture the
-segmenter has already seen (SAM's image embedding is computed on the first click only; that first click is
-reported apart). Segmenters: GrabCut (the offline fallback) and SAM 2.1 tiny with random weights at the real
-shape (`sam21_config`, 1024 px input: timings are those of the real checkpoint). The photos are the app's
-examples, clicked in the middle of their marked objects, once as shipped and once enlarged to a phone
+The first click on a picture is what SAM's image embedding costs: the app computes it in the background
+once the picture is shown (`pixelrefer.serve.prefetch`), so SAM 2.1 runs twice, in the same run: "before"
+(`--no-sam-prefetch`: the first click computes the embedding) and "after" (the default). Each trial is a new
+visitor who uploads a photo no one uploaded before (one pixel differs per trial, so SAM's cache, which is
+keyed by content, cannot help), looks at it for 3 s or 8 s (`--looks`), then clicks the middle of an object;
+then `--clicks` more clicks on the same picture (marks cleared in between) give what a later click costs.
+The app's log says when each background embedding was ready, from the picture being shown.
+
+Answer latency with and without the background embedding: a new visitor picks an example (a picture with its
+objects marked) and sends its question at once, while the embedding of the picture is being computed (after)
+or not (before); timed from Send to the first text of the answer and to its end. These run first in each
+app, while the examples' embeddings are not yet cached.
+
+Segmenters: GrabCut (the offline fallback; no embedding, one run) and SAM 2.1 tiny with random weights at the
+real shape (`sam21_config`, 1024 px input: timings are those of the real checkpoint). The photos are the
+app's examples, clicked in the middle of their marked objects, once as shipped and once enlarged to a phone
 photo's size (1600 px on the long side, within the app's limits).
 
-    python bench/bench_marking.py                    # both segmenters, 8 clicks per photo
-    python bench/bench_marking.py --segmenters grabcut --clicks 12
+    python bench/bench_marking.py                                  # both segmenters, 5 trials per look
+    python bench/bench_marking.py --segmenters sam2-tiny --repeats 2 --clicks 2 --photos cat
 """
 
 from __future__ import annotations
@@ -27,6 +38,8 @@ import re
 import statistics
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -92,15 +105,20 @@ def build_sam(folder: Path) -> Path:
 
 
 # Random weights make denormal floats, which real checkpoints do not: flushed, as bench_segment does.
+# The prefetch's log lines (when each embedding was ready) go to the app's log.
 LAUNCH = (
-    "import runpy, sys, torch; torch.set_flush_denormal(True); "
+    "import logging, runpy, sys, torch; torch.set_flush_denormal(True); logging.basicConfig(); "
+    "logging.getLogger('pixelrefer.serve.prefetch').setLevel(logging.INFO); "
     "sys.argv = ['app.py', *sys.argv[1:]]; runpy.run_path('app.py', run_name='__main__')"
 )
 
 
-def serve(sam2: str, log_path: Path) -> RunningApp:
-    """`python app.py --sam2 <sam2>` in the offline preview, until the block ends."""
-    return RunningApp(["--sam2", sam2], log_path, launch=["-c", LAUNCH], timeout_s=300)
+def serve(sam2: str, log_path: Path, flags: list[str]) -> RunningApp:
+    """`python app.py --sam2 <sam2> <flags>` in the offline preview, until the block ends; answers of at most
+    64 tokens (the preview's answers are random text: their length only adds the same time to both runs)."""
+    return RunningApp(
+        ["--sam2", sam2, "--max-new-tokens", "64", *flags], log_path, launch=["-c", LAUNCH], timeout_s=300
+    )
 
 
 def photos(folder: Path) -> list[tuple[str, Path, list[tuple[float, float]]]]:
@@ -182,40 +200,110 @@ def timed_click(page: Page, x: float, y: float) -> tuple[float, float]:
     return (first - down) / 1000, (mask - down) / 1000
 
 
-def bench(url: str, shots: list, clicks: int) -> list[tuple[str, float, float, list, list]]:
-    """Per photo: the first click, then `clicks` timed clicks over its objects."""
+def _new_visitor(browser, url: str) -> Page:
+    page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#canvas")
+    page.evaluate(WATCH)
+    return page
+
+
+def _upload(page: Page, path: Path) -> float:
+    """Upload `path`; the perf_counter time at which the server's picture was on the canvas."""
+    page.locator(UPLOAD).first.set_input_files(str(path))
+    # The server's picture replaces the browser's preview when the upload's message arrives.
+    page.locator("#mark-info").filter(has_text="Click on an object").wait_for()
+    page.wait_for_function(
+        "() => { const img = document.querySelector('#canvas img');"
+        " return !!img && img.complete && img.naturalWidth > 0 && img.clientWidth > 0; }"
+    )
+    shown = time.perf_counter()
+    page.locator("#canvas img").scroll_into_view_if_needed()
+    return shown
+
+
+def variant(path: Path, trial: int, folder: Path) -> Path:
+    """The photo with one pixel changed: new content for SAM's cache (keyed by the pixels), the same picture."""
+    image = np.asarray(Image.open(path).convert("RGB")).copy()
+    image[0, 0] = (trial * 37 % 256, trial * 91 % 256, trial // 256 % 256)
+    made = folder / f"{path.stem}_trial{trial}.png"
+    Image.fromarray(image).save(made)
+    return made
+
+
+@dataclass
+class Trial:
+    photo: str
+    look: float
+    first: float
+    later: list[float]
+
+
+def first_clicks(
+    browser, url: str, shots: list, looks: list[float], repeats: int, clicks: int, folder: Path
+) -> list[Trial]:
+    """Per photo, look and repeat: a new visitor uploads a new variant, looks, clicks; then later clicks."""
+    trials, count = [], 0
+    for label, path, middles in shots:
+        for look in looks:
+            for _ in range(repeats):
+                count += 1
+                page = _new_visitor(browser, url)
+                shown = _upload(page, variant(path, count, folder))
+                time.sleep(max(0.0, shown + look - time.perf_counter()))
+                _, first = timed_click(page, *middles[0])
+                later = []
+                for k in range(clicks):
+                    clear_marks(page)
+                    later.append(timed_click(page, *middles[(k + 1) % len(middles)])[1])
+                trials.append(Trial(label, look, first, later))
+                page.context.close()
+    return trials
+
+
+ANSWER_DONE = """n => { const bots = document.querySelectorAll('#chat [data-testid="bot"]');
+  const tracker = document.querySelector('#chat [data-testid="status-tracker"]');
+  return bots.length >= n && bots[bots.length - 1].innerText.trim().length > 0 &&
+         (!tracker || tracker.classList.contains('hide')); }"""
+
+ANSWER_STARTED = """n => { const bots = document.querySelectorAll('#chat [data-testid="bot"]');
+  return bots.length >= n && bots[bots.length - 1].innerText.trim().length > 0; }"""
+
+
+def answers_at_once(browser, url: str) -> list[tuple[str, float, float]]:
+    """Per image example: a new visitor picks it and sends its question at once; (name, first text, done)."""
     rows = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        for label, path, middles in shots:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.set_default_timeout(WAIT_MS)
-            page.goto(url, wait_until="load")
-            page.wait_for_selector("#canvas")
-            page.evaluate(WATCH)
-            page.locator(UPLOAD).first.set_input_files(str(path))
-            # The server's picture replaces the browser's preview when the upload's message arrives.
-            page.locator("#mark-info").filter(has_text="Click on an object").wait_for()
-            page.wait_for_function(
-                "() => { const img = document.querySelector('#canvas img');"
-                " return !!img && img.complete && img.naturalWidth > 0 && img.clientWidth > 0; }"
-            )
-            page.locator("#canvas img").scroll_into_view_if_needed()
-            first_point, first_mask = timed_click(page, *middles[0])
-            points, masks = [], []
-            for k in range(clicks):
-                clear_marks(page)
-                point, mask = timed_click(page, *middles[k % len(middles)])
-                points.append(point)
-                masks.append(mask)
-            rows.append((label, first_point, first_mask, points, masks))
-            page.context.close()
-        browser.close()
+    for example in load_examples(REPO / "examples"):
+        if example.kind != "image":
+            continue
+        page = _new_visitor(browser, url)
+        page.locator("#examples .thumbnail-item", has_text=example.name).first.click()
+        page.locator("#mark-info").filter(has_text=f"Example “{example.name}” loaded").wait_for()
+        began = time.perf_counter()
+        page.get_by_role("button", name="Send", exact=True).click()
+        page.wait_for_function(ANSWER_STARTED, arg=1, polling=20)
+        started = time.perf_counter()
+        page.wait_for_function(ANSWER_DONE, arg=1, polling=20)
+        rows.append((example.name, started - began, time.perf_counter() - began))
+        page.context.close()
     return rows
+
+
+READY = re.compile(r"SAM image embedding ready ([\d.]+) s after the picture was shown \(([\d.]+) s computing")
+
+
+def embedding_ready(log: Path) -> list[tuple[float, float]]:
+    """(ready after shown, computing) of every background embedding the app logged."""
+    return [(float(a), float(b)) for a, b in READY.findall(log.read_text(errors="replace"))]
 
 
 def p95(values: list[float]) -> float:
     return float(np.percentile(values, 95))
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):5.2f} / {p95(values):5.2f}" if values else "    -"
 
 
 def main() -> None:
@@ -223,8 +311,13 @@ def main() -> None:
     parser.add_argument(
         "--segmenters", nargs="+", default=["grabcut", "sam2-tiny"], choices=["grabcut", "sam2-tiny"]
     )
-    parser.add_argument("--clicks", type=int, default=8, help="timed clicks per photo, after the first")
+    parser.add_argument(
+        "--looks", nargs="+", type=float, default=[3.0, 8.0], help="seconds before the first click"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="trials per photo and look")
+    parser.add_argument("--clicks", type=int, default=3, help="later clicks per trial, after the first")
     parser.add_argument("--photos", nargs="*", help="only the photos whose label starts with one of these")
+    parser.add_argument("--no-answers", action="store_true", help="skip the answer-latency trials")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-marking-") as folder:
@@ -232,32 +325,66 @@ def main() -> None:
         shots = photos(work)
         if args.photos:
             shots = [shot for shot in shots if any(shot[0].startswith(p) for p in args.photos)]
-        load = os.getloadavg()[0]
         print(
-            f"repo {REPO} · {os.cpu_count()} CPUs · load average {load:.2f} · {args.clicks} clicks per photo"
+            f"repo {REPO} · {os.cpu_count()} CPUs · load average {os.getloadavg()[0]:.2f} at the start · "
+            f"{args.repeats} trials per photo and look, {args.clicks} later clicks each"
         )
         print(
-            "times in seconds from pointer down: point = first picture shown, mask = segmenter's mask shown"
+            "seconds from pointer down to the mask shown (p50 / p95); look = seconds the picture was shown first"
         )
-        print(f"| {'segmenter':<14} | {'photo':<20} | first click mask | point p50 | mask p50 | mask p95 |")
-        print(f"|{'-' * 16}|{'-' * 22}|{'-' * 18}|{'-' * 11}|{'-' * 10}|{'-' * 10}|")
-        summary = {}
-        for segmenter in args.segmenters:
-            sam2 = "grabcut" if segmenter == "grabcut" else str(build_sam(work / "sam2-tiny"))
-            with serve(sam2, work / f"{segmenter}.log") as app:
-                rows = bench(app.url, shots, args.clicks)
-            every = []
-            for label, _, first_mask, points, masks in rows:
-                every += masks
-                print(
-                    f"| {segmenter:<14} | {label:<20} | {first_mask:16.2f} | {statistics.median(points):9.2f} "
-                    f"| {statistics.median(masks):8.2f} | {p95(masks):8.2f} |"
-                )
-            summary[segmenter] = (statistics.median(every), p95(every))
-        for segmenter, (median, high) in summary.items():
-            print(
-                f"{segmenter}: click -> mask p50 {median:.2f} s, p95 {high:.2f} s (all photos, after the first click)"
+        print(
+            f"| {'segmenter':<10} | {'prefetch':<8} | {'photo':<20} | look | first click p50/p95 | later p50/p95 |"
+        )
+        print(f"|{'-' * 12}|{'-' * 10}|{'-' * 22}|------|{'-' * 21}|{'-' * 15}|")
+        answers, ready = {}, {}
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
             )
+            for segmenter in args.segmenters:
+                sam2 = "grabcut" if segmenter == "grabcut" else str(build_sam(work / "sam2-tiny"))
+                modes = (
+                    [("-", [])]
+                    if segmenter == "grabcut"
+                    else [("before", ["--no-sam-prefetch"]), ("after", [])]
+                )
+                for mode, flags in modes:
+                    log = work / f"{segmenter}-{mode}.log"
+                    with serve(sam2, log, flags) as app:
+                        if not args.no_answers and segmenter != "grabcut":
+                            answers[mode] = answers_at_once(browser, app.url)
+                        trials = first_clicks(
+                            browser, app.url, shots, args.looks, args.repeats, args.clicks, work
+                        )
+                    ready[(segmenter, mode)] = embedding_ready(log)
+                    for label in dict.fromkeys(t.photo for t in trials):
+                        for look in args.looks:
+                            chosen = [t for t in trials if t.photo == label and t.look == look]
+                            later = [v for t in chosen for v in t.later]
+                            print(
+                                f"| {segmenter:<10} | {mode:<8} | {label:<20} | {look:4.0f} | "
+                                f"{spread([t.first for t in chosen]):>19} | {spread(later):>13} |"
+                            )
+                    for look in args.looks:
+                        chosen = [t for t in trials if t.look == look]
+                        later = [v for t in chosen for v in t.later]
+                        print(
+                            f"| {segmenter:<10} | {mode:<8} | {'all photos':<20} | {look:4.0f} | "
+                            f"{spread([t.first for t in chosen]):>19} | {spread(later):>13} |"
+                        )
+            browser.close()
+        for (segmenter, mode), times in ready.items():
+            if times:
+                print(
+                    f"{segmenter} {mode}: background embedding ready after the picture was shown, p50/p95 "
+                    f"{spread([a for a, _ in times])} s (computing {spread([b for _, b in times])} s; {len(times)} pictures)"
+                )
+        for mode, rows in answers.items():
+            for name, started, done in rows:
+                print(
+                    f"answer right after picking '{name}', prefetch {mode}: first text {started:.2f} s, done {done:.2f} s"
+                )
+        print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

@@ -147,6 +147,34 @@ def test_moving_on_cancels_the_previous_pictures_job(service: Service, fresh) ->
     assert counts.tower == 1
 
 
+def test_the_newest_picture_goes_first(service: Service, fresh, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Visitors who just saw a picture are about to click it; one who left may not have told the server yet."""
+    ws, counts = fresh
+    segmenter = service.segmenter
+    order = []
+    real = segmenter.embed_in_background
+
+    def recorded(image, pause):
+        order.append(int(image[0, 0, 0]))
+        return real(image, pause)
+
+    monkeypatch.setattr(segmenter, "embed_in_background", recorded)
+    others = [Workspace(service) for _ in range(2)]
+    try:
+        with service.gate.event():  # the first job starts and waits; the next two wait in line
+            for visitor, seed in zip([ws, *others], (11, 12, 13), strict=True):
+                image = picture(seed)
+                image[0, 0, 0] = seed
+                visitor.open_image(image)
+                time.sleep(0.2)
+        assert service.prefetcher.wait(30)
+    finally:
+        for visitor in others:
+            visitor.close()
+    assert order == [11, 13, 12]
+    assert counts.tower == 3
+
+
 def test_the_memory_budget_bounds_it(service: Service, fresh) -> None:
     ws, counts = fresh
     service.prefetcher.enabled = False

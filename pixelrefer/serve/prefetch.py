@@ -76,7 +76,8 @@ class _Job:
 
 
 class EmbeddingPrefetcher:
-    """One daemon worker, one job at a time, at most one waiting per owner (a workspace), the newest kept.
+    """One daemon worker, one job at a time, at most one waiting per owner (a workspace), the newest kept; the
+    most recently shown picture goes first.
 
     `show(owner, image)` asks for `image`'s embedding and cancels the owner's earlier job; `drop(owner)`
     cancels it (the visitor closed). `reports` keeps the last report per owner.
@@ -162,7 +163,9 @@ class EmbeddingPrefetcher:
                     self._cond.wait()
                 if self._closed:
                     return
-                key, job = self._waiting.popitem(last=False)
+                # Newest first: the picture that just appeared is the one about to be clicked; an older one's
+                # visitor has had time to click already (or has left without the page telling the server yet).
+                key, job = self._waiting.popitem(last=True)
                 self._running = (key, job)
             try:
                 report = self._run(job)
