@@ -173,7 +173,7 @@ def check_cpu_memory(need_bytes: int, dtype: torch.dtype, available_bytes: int |
     )
 
 
-DECODER_KEYS = (r"^model\.layers\.", r"^model\.norm\.", r"^lm_head\.weight$")
+DECODER_KEYS = (r"^model\.layers\.",)
 """The checkpoint tensors an encoder-only load (a vLLM engine decodes) leaves on disk."""
 
 
@@ -181,31 +181,14 @@ def encoder_only_config(config: PixelReferConfig) -> PixelReferConfig:
     """`config` without the decoder layers and the LM head: what the app holds when a vLLM server decodes.
 
     The app still embeds the prompt (token embeddings, vision tower, projector, object tokenizer); the
-    decoder's weights would only sit on the GPU a second time beside the server's copy.
+    decoder's weights would only sit on the GPU a second time beside the server's copy. The LM head is
+    dropped once loaded (`load_checkpoint`): an untied one (7B, 1 GiB in bfloat16) is read, then freed.
     """
     encoder = copy.deepcopy(config)
     encoder.num_hidden_layers = 0
     if getattr(encoder, "layer_types", None) is not None:
         encoder.layer_types = []
-    encoder.tie_word_embeddings = False  # there is no head to tie (`_EncoderOnly`)
     return encoder
-
-
-class _EncoderOnly(PixelReferForCausalLM):
-    """PixelRefer with no decoder layers and no LM head; their tensors in the checkpoint are left unread."""
-
-    _keys_to_ignore_on_load_unexpected = [
-        *PixelReferForCausalLM._keys_to_ignore_on_load_unexpected,
-        *DECODER_KEYS,
-    ]
-    _tied_weights_keys = None
-
-    def __init__(self, config: PixelReferConfig) -> None:
-        super().__init__(config)
-        del self.lm_head
-
-    def get_output_embeddings(self) -> None:
-        return None
 
 
 class _Once(logging.Filter):
@@ -384,7 +367,7 @@ def load_checkpoint(
     config.vision_config._attn_implementation = attn_implementation
     with _quiet():
         try:
-            model, info = (_EncoderOnly if encoder_only else PixelReferForCausalLM).from_pretrained(
+            model, info = PixelReferForCausalLM.from_pretrained(
                 folder,
                 config=config,
                 dtype=torch_dtype,
@@ -407,6 +390,8 @@ def load_checkpoint(
                 f"({type(exc).__name__})"
             ) from exc
         _strict(info, config, encoder_only=encoder_only)
+        if encoder_only:
+            model.lm_head = None  # the server computes the logits
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
     try:
