@@ -49,8 +49,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         preview_dir=tmp_path_factory.mktemp("preview"),
     )
     started = Service(settings).start()
+    started.warmer.close()  # no warm-ups: files are what these tests are about
     yield started
-    started.warmer.close()
 
 
 @pytest.fixture(scope="module")
