@@ -21,7 +21,7 @@ derived from the 2B measurement and the configs' shapes: features, object tokens
 scale with the LLM's hidden size (3584 / 1536); the KV cache with layers x kv heads x head dim (28 x 4 x 128
 vs 28 x 2 x 128); media, masks and SAM do not change. Derived rows say so.
 
-    python bench/visitor_memory.py                 # 2B full and Lite, image and clip (~10-20 min on 2 CPUs)
+    python bench/visitor_memory.py                 # 2B full and Lite, image and clip (an hour on 2 busy cores)
     python bench/visitor_memory.py --variants lite --media image
     python bench/visitor_memory.py --layers 2      # quick check: 2 LLM and 2 vision layers, KV scaled up
 """
