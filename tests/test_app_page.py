@@ -4,9 +4,9 @@ logged with its traceback), for plain and streaming page events and for the name
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +22,7 @@ from pixelrefer.runtime.errors import InputError
 from pixelrefer.serve.workspace import Workspace
 
 from .app_media import SceneImage, write_mask_png, write_scene_image
-from .conftest import REPO, PreviewApp
+from .conftest import PreviewApp
 
 APOLOGY = "Something went wrong (ValueError); please try again."
 
@@ -60,20 +60,19 @@ def workspace(preview_app: PreviewApp, scene: tuple[SceneImage, Path]) -> Iterat
         ws.close()
 
 
-def test_importing_app_builds_no_service_and_reads_no_command_line() -> None:
-    """`import app` with a command line it would refuse, and a Service that fails if it is ever made."""
-    probe = (
-        "import sys; sys.argv = ['app.py', '--no-such-flag'];"
-        "from pixelrefer.serve import service;"
-        "service.Service.__init__ = lambda *a, **k: (_ for _ in ()).throw(AssertionError('a Service was built'));"
-        "import app;"
-        "assert not any(isinstance(v, service.Service) for v in vars(app).values());"
-        "assert callable(app.build) and callable(app.main); print('ok')"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+def test_importing_app_builds_no_service_and_reads_no_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`app` executed afresh with a command line it would refuse and a Service that fails if it is ever made."""
+    import app
+    from pixelrefer.serve import service
+
+    def refused(*args, **kwargs) -> None:
+        raise AssertionError("importing app built a Service")
+
+    monkeypatch.setattr(sys, "argv", ["app.py", "--no-such-flag"])
+    monkeypatch.setattr(service.Service, "__init__", refused)
+    fresh = importlib.reload(app)
+    assert not any(isinstance(value, service.Service) for value in vars(fresh).values())
+    assert callable(fresh.build) and callable(fresh.main)
 
 
 def test_a_numpy_value_error_in_a_page_event_is_the_apology(
