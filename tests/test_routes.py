@@ -212,7 +212,9 @@ def test_wrong_types_are_named(http: httpx.Client) -> None:
 def fake_app(waiting: dict[str, int], fns: dict[int, SimpleNamespace]) -> SimpleNamespace:
     """A Gradio app as the guard reads it: its events, and `waiting` events per queue from other clients."""
     others = [
-        SimpleNamespace(session_hash=f"other-{i}", request=SimpleNamespace(scope={"client": (f"10.0.0.{i}", 1)}))
+        SimpleNamespace(
+            session_hash=f"other-{i}", request=SimpleNamespace(scope={"client": (f"10.0.0.{i}", 1)})
+        )
         for i in range(max(waiting.values(), default=0))
     ]
     queues = {cid: SimpleNamespace(queue=others[:n]) for cid, n in waiting.items()}

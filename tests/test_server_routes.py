@@ -409,4 +409,53 @@ def test_an_upload_carries_at_most_the_files_per_request(http: httpx.Client) -> 
     assert one.status_code == 200 and len(one.json()) == 1
     many = http.post("gradio_api/upload", files=[("files", (f"{k}.txt", b"x" * 10)) for k in range(5)])
     assert many.status_code == 413 and "at most 4 files per request" in many.json()["error"]
-    assert http.post("gradio_api/upload", content=b"x", headers={"content-type": "text/plain"}).status_code == 400
+    assert (
+        http.post("gradio_api/upload", content=b"x", headers={"content-type": "text/plain"}).status_code
+        == 400
+    )
+
+
+def test_no_ffmpeg_runs_on_an_upload_without_its_demuxer_forced(preview_app: PreviewApp) -> None:
+    """Gradio runs ffmpeg/ffprobe when it preprocesses Video and Audio inputs (and on the closed recording
+    route); no event of this page takes one. The app's own reader is the only code that starts ffmpeg on an
+    upload, and every command it builds opens the file through `_input` (forced demuxer, `file` protocol
+    only, no MOV references); the overlay writer reads raw frames from a pipe."""
+    import re
+
+    from .conftest import REPO
+
+    inputs = {type(block).__name__ for fn in preview_app.demo.fns.values() for block in fn.inputs}
+    assert not inputs & {"Video", "Audio", "Model3D"}, inputs
+    runs_ffmpeg = [
+        path.relative_to(REPO).as_posix()
+        for path in [*REPO.joinpath("pixelrefer").rglob("*.py"), REPO / "app.py"]
+        if re.search(r"FFMPEG_BINARY|get_ffmpeg_exe|[\"']ffmpeg[\"']|FFmpeg\(", path.read_text())
+    ]
+    assert runs_ffmpeg == ["pixelrefer/media/video.py"]
+    source = REPO.joinpath("pixelrefer/media/video.py").read_text()
+    commands = re.findall(r"command = \[FFMPEG_BINARY[^\n]*", source)
+    assert len(commands) == 3 and all("*_input(" in command for command in commands), commands
+    assert (
+        '["-protocol_whitelist", "file", "-f", demuxer, *options, "-i", f"file:{path.resolve()}"]' in source
+    )
+
+
+def test_waiting_caps_count_per_visitor_and_per_client() -> None:
+    """Plain-HTTP calls (no session yet) share no visitor cap with each other; a session and a client each
+    have their own."""
+    from types import SimpleNamespace
+
+    from pixelrefer.serve.clients import Full, Ledger
+
+    ledger = Ledger(HttpLimits(), max_sessions=4, session_ttl_s=60)
+    blocks = SimpleNamespace(_queue=SimpleNamespace(event_queue_per_concurrency_id={}))
+    model = SimpleNamespace(concurrency_id="model")
+    ledger.joining[("10.0.0.1", "model:")] = 2
+    ledger.check_waiting(blocks, model, "", "10.0.0.2", "model")  # another client's call: admitted
+    ledger.joining[("10.0.0.2", "model:s")] = 2
+    with pytest.raises(Full, match="You already have 2 requests waiting for the model"):
+        ledger.check_waiting(blocks, model, "s", "10.0.0.2", "model")
+    ledger.check_waiting(blocks, model, "t", "10.0.0.2", "model")  # its other session: admitted
+    ledger.joining[("10.0.0.1", "model:")] = 4
+    with pytest.raises(Full, match="Your address already has 4 requests waiting for the model"):
+        ledger.check_waiting(blocks, model, "", "10.0.0.1", "model")

@@ -229,7 +229,8 @@ class Ledger:
             waiting_any[owner] += n
             if session.startswith("model:"):
                 waiting_model[owner] += n
-                waiting_model["session:" + session[6:]] += n
+                if session[6:]:  # a plain-HTTP call has no session of its own yet
+                    waiting_model["session:" + session[6:]] += n
         limits = self.limits
         if waiting_any[client] >= limits.queued_per_client:
             raise Full(
@@ -239,7 +240,7 @@ class Ledger:
             )
         if fn.concurrency_id != model_queue:
             return
-        if waiting_model["session:" + session_hash] >= limits.waiting_per_visitor:
+        if session_hash and waiting_model["session:" + session_hash] >= limits.waiting_per_visitor:
             raise Full(
                 429,
                 f"You already have {limits.waiting_per_visitor} requests waiting for the model; wait for "

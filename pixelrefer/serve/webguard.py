@@ -811,6 +811,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _answer(send: Send, refused: Refused) -> None:
+    _log.info("refused (%s): %s", refused.status, refused.message)
     payload = json.dumps({"detail": refused.detail, "error": refused.message}).encode()
     await send(
         {
