@@ -188,6 +188,30 @@ class ChatSession:
         self.gate: Gate | None = None
         """The app's model-event gate (`Service.gate`): each answer holds it, so background work waits."""
 
+    _LOCAL = ("model", "gate", "_stop", "version_lock", "feature_cache", "prefix_cache", "last_prepared")
+    """What a pickled session leaves behind: the model, its locks and its caches (recomputed on demand)."""
+
+    def __getstate__(self) -> dict:
+        """The conversation as plain CPU data: media, objects, history. A ZeroGPU call takes it into a worker
+        that attaches its own model (`pixelrefer.serve.zerogpu_calls`); the caches are not carried (the
+        worker's first answer computes them), so nothing on a GPU crosses a process boundary."""
+        return {name: value for name, value in vars(self).items() if name not in self._LOCAL}
+
+    def __setstate__(self, state: dict) -> None:
+        vars(self).update(state)
+        self.model = None
+        self.gate = None
+        self._stop = threading.Event()
+        self.version_lock = threading.Lock()
+        self.feature_cache = FeatureCache(self.limits.cache_bytes)
+        self.prefix_cache = PrefixCache()
+        self.last_prepared = None
+
+    def adopt(self, other: ChatSession) -> None:
+        """Take the conversation that a copy of this session (a ZeroGPU worker's) ended with."""
+        self.history = list(other.history)
+        self._changed()
+
     @property
     def modality(self) -> Literal["image", "video"]:
         return "image" if self.image is not None else "video"

@@ -2,8 +2,8 @@
 
 Handlers return `{component: value}` dicts (`pixelrefer.serve.views.Views`); the error rule
 (`pixelrefer.serve.policy`) wraps every one of them once, in `PageEvents.__init__`, as each method's `event`
-mark asks. The model work of an answer or a tracking run is a plain function of the event's own arguments
-(`send_stream`, `track_clip`, ...), since that is what `spaces.GPU` runs on a GPU and times by those arguments.
+mark asks. The model work itself goes through the workspace to `Service.calls`, which on ZeroGPU runs each
+piece in its own GPU call with plain data (`pixelrefer.serve.zerogpu_calls`), never the workspace itself.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from .service import Service
 from .views import Views
 from .visitor import workspace_for
 from .workspace import Workspace
-from .zerogpu import answer_duration, gpu, regenerate_duration, track_duration
 
 __all__ = ["EXPORTS", "TOOLS", "PageEvents", "describe_stream", "send_stream", "track_clip"]
 
@@ -355,7 +354,7 @@ def _picked_object(ws: Workspace | None, object_id: object) -> int:
     return object_id
 
 
-# ---------------------------------------------------------------------- the model work (a GPU on ZeroGPU)
+# ---------------------------------------------------------------------- the model work (`Service.calls`)
 
 
 def _stream(ws: Workspace, replies: Iterator, question: str) -> Iterator[tuple[Workspace, list[dict]]]:
@@ -373,14 +372,12 @@ def _stream(ws: Workspace, replies: Iterator, question: str) -> Iterator[tuple[W
         yield ws, messages
 
 
-@gpu(answer_duration)
 def send_stream(ws, question, max_new_tokens, sample, temperature, top_p, seed):
     """The answer to a question, as it grows."""
     settings = generation_settings(max_new_tokens, sample, temperature, top_p, seed)
     yield from _stream(ws, ws.ask(question, settings), question)
 
 
-@gpu(answer_duration)
 def describe_stream(ws, object_id, max_new_tokens, sample, temperature, top_p, seed):
     """The picked object described, or each object in turn; a stopped answer ends the round."""
     picked = render.picked_id(object_id)
@@ -392,7 +389,6 @@ def describe_stream(ws, object_id, max_new_tokens, sample, temperature, top_p, s
             return
 
 
-@gpu(regenerate_duration)
 def regenerate_stream(ws, max_new_tokens, sample, temperature, top_p, seed):
     """The last answer again. Greedy decoding would repeat the same answer, and a fixed seed the same sample:
     always sample, with the next seed after the one the last answer used."""
@@ -401,7 +397,6 @@ def regenerate_stream(ws, max_new_tokens, sample, temperature, top_p, seed):
     yield from _stream(ws, ws.regenerate(settings), last.question)
 
 
-@gpu(track_duration)
 def track_clip(ws, progress) -> tuple[Workspace, str, str | None]:
     """Every object followed through the clip: the workspace, the status message and the overlay video (None
     when the visitor cancelled; the objects keep the masks they had)."""

@@ -22,7 +22,6 @@ from .service import Service
 from .visitor import workspace_for
 from .webguard import MODEL_QUEUE
 from .workspace import Workspace
-from .zerogpu import answer_duration, gpu
 
 __all__ = ["MAX_FRAME_INDEX", "MAX_SEED", "NamedApi", "add_named_api"]
 
@@ -33,15 +32,15 @@ MAX_FRAME_INDEX = 10**7
 
 
 class NamedApi:
-    """The four endpoints for one service, each wrapped once: the error rule, a GPU on ZeroGPU, and a stop
-    when the client cancels."""
+    """The four endpoints for one service, each wrapped once: the error rule, and a stop when the client
+    cancels (their model work goes through `Service.calls`, a GPU call each on ZeroGPU)."""
 
     def __init__(self, service: Service, policy: Policy) -> None:
         self.service = service
-        self.describe_region = stops_on_cancel(policy.for_api(gpu(answer_duration)(self._describe_region)))
+        self.describe_region = stops_on_cancel(policy.for_api(self._describe_region))
         self.open = policy.for_api(self._open)
         self.add_object = policy.for_api(self._add_object)
-        self.ask = stops_on_cancel(policy.for_api(gpu(answer_duration)(self._ask)))
+        self.ask = stops_on_cancel(policy.for_api(self._ask))
 
     def _describe_region(self, image, mask, max_new_tokens=256, seed=1234) -> str:
         """Describe the masked region of an image (stateless)."""

@@ -36,6 +36,8 @@ from .budget import MemoryBudget, default_limits, drop_sam, sam_holdings
 from .clients import HttpLimits
 from .flags import add_model_flags
 from .prefetch import EmbeddingPrefetcher
+from .zerogpu import environment_says_zero_gpu
+from .zerogpu_calls import ModelCalls, calls_for
 
 __all__ = ["APP_MEDIA_LIMITS", "AppSettings", "ModelChoice", "Service", "SwitchRefused", "DEFAULT_MODEL"]
 
@@ -106,6 +108,8 @@ class AppSettings:
     monitoring: bool = False
     sam_prefetch: bool = True
     """Compute SAM's image embedding of the picture on screen before the first click (`serve.prefetch`)."""
+    zero_gpu: bool = False
+    """Run as on a ZeroGPU Space even where the environment does not say so (docs/hosting.md, ZeroGPU)."""
     http: HttpLimits = field(default_factory=HttpLimits)
     """The HTTP layer's per-client caps and timeouts (`pixelrefer.serve.clients`, docs/limits.md)."""
 
@@ -149,6 +153,12 @@ class AppSettings:
             "--engine-url",
             default=default("engine_url", base.engine_url),
             help="a running vLLM server (`python -m pixelrefer engine`); without it --engine vllm starts one",
+        )
+        parser.add_argument(
+            "--zero-gpu",
+            action="store_true",
+            default=_enabled(default("zero_gpu", "")),
+            help="every model call as one ZeroGPU call (on by itself on a ZeroGPU Space; docs/hosting.md)",
         )
         parser.add_argument(
             "--no-sam-prefetch",
@@ -227,6 +237,7 @@ class AppSettings:
             engine_url=args.engine_url,
             allow_model_switch=args.allow_model_switch,
             monitoring=args.monitoring,
+            zero_gpu=args.zero_gpu,
             sam_prefetch=args.sam_prefetch,
             ram_budget_gb=_budget_gb(parser, "--ram-budget-gb", args.ram_budget_gb),
             gpu_budget_gb=_budget_gb(parser, "--gpu-budget-gb", args.gpu_budget_gb),
@@ -302,8 +313,16 @@ class Service:
         """What all visitors hold, per device, against the operator's limits (`pixelrefer.serve.budget`);
         the limits are set by `start()`, once the model is loaded."""
         self.warmer.on_stored = self.budget.after_warm_up
+        self.zero_gpu = settings.zero_gpu or environment_says_zero_gpu()
+        """ZeroGPU: model work only inside one GPU call per action (`pixelrefer.serve.zerogpu_calls`)."""
+        self.calls: ModelCalls = calls_for(self, self.zero_gpu)
+        if self.zero_gpu:  # a background thread's model work would compute on ZeroGPU's zeros
+            self.warmer.close()
         self.prefetcher = EmbeddingPrefetcher(
-            self.gate, self.budget, lambda: self.segmenter, enabled=settings.sam_prefetch
+            self.gate,
+            self.budget,
+            lambda: self.segmenter,
+            enabled=settings.sam_prefetch and not self.zero_gpu,
         )
         """Computes SAM's embedding of each picture shown before its first click (`pixelrefer.serve.prefetch`)."""
         self.model: PixelRefer | None = None

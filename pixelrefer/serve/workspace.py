@@ -224,7 +224,7 @@ class Workspace:
         if segmenter is None:
             raise RuntimeError("No segmenter is loaded")
         with self.service.gate.event():
-            result = segmenter.segment_image(self.frame, prompt)
+            result = self.service.calls.segment(self.frame, prompt)
         self.draft = _Draft(prompt, result)
         return result
 
@@ -322,7 +322,6 @@ class Workspace:
         session = self._session()
         if not session.objects:
             raise InputError("Mark at least one object before tracking")
-        segmenter = self.service.segmenter
         prompts = {}
         for obj in session.objects:
             marked = self.marks.get(obj.id) or {}
@@ -333,7 +332,7 @@ class Workspace:
             }
         self.cancel.clear()
         with self.service.gate.event():
-            tracks = segmenter.track(list(self.clip.frames), prompts, progress=progress, cancel=self.cancel)
+            tracks = self.service.calls.track(list(self.clip.frames), prompts, progress, self.cancel)
         for obj in session.objects:
             masks = {self.clip.indices[p]: m for p, m in tracks[obj.id].items() if m.any()}
             if masks:
@@ -389,7 +388,7 @@ class Workspace:
 
     @budgeted(need_answer, "This answer")
     def ask(self, question: str, settings: GenerationSettings) -> Iterator[Reply]:
-        return self._session().ask(question, settings)
+        return self.service.calls.answer(self._session(), "ask", (question,), settings)
 
     @budgeted(need_answer, "This answer")
     def describe(self, object_id: int, settings: GenerationSettings) -> Iterator[Reply]:
@@ -398,16 +397,16 @@ class Workspace:
         session = self._session()
         obj = session.get(object_id)
         if len(session.objects) == 1:
-            return session.describe(object_id, settings)
-        return session.ask(f"Describe {obj.tag} in detail.", settings)
+            return self.service.calls.answer(session, "describe", (object_id,), settings)
+        return self.service.calls.answer(session, "ask", (f"Describe {obj.tag} in detail.",), settings)
 
     @budgeted(need_answer, "This answer")
     def regenerate(self, settings: GenerationSettings) -> Iterator[Reply]:
-        return self._session().regenerate(settings)
+        return self.service.calls.answer(self._session(), "regenerate", (), settings)
 
     def stop(self) -> None:
         if self.session is not None:
-            self.session.stop()
+            self.service.calls.stop(self.session)
         self.cancel.set()
 
     # ------------------------------------------------------------------ files (`pixelrefer.serve.exports`)

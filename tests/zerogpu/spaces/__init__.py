@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import io
 import multiprocessing
 import os
 import pickle
@@ -74,34 +75,29 @@ def _gr_error(message: str, title: str = "Error") -> Exception:
     return gr.Error(message, title=title)
 
 
-def _check_result(value: object, seen: set[int] | None = None) -> None:
-    """Refuse what cannot come back from a real worker: tensors not on the CPU, modules (weights)."""
-    seen = set() if seen is None else seen
-    if id(value) in seen:
-        return
-    seen.add(id(value))
-    if isinstance(value, torch.nn.Module):
-        raise _gr_error("ModuleResult", title="ZeroGPU worker error")
-    if isinstance(value, torch.Tensor):
-        if value.device.type != "cpu":
+class _CheckingPickler(pickle.Pickler):
+    """Pickles as a worker does, refusing what cannot come back from a real one: tensors not on the CPU and
+    modules (weights). It sees exactly what crosses (an object's `__getstate__`, not all its attributes)."""
+
+    def reducer_override(self, obj: object) -> object:
+        if isinstance(obj, torch.nn.Module):
+            raise _gr_error("ModuleResult", title="ZeroGPU worker error")
+        if isinstance(obj, torch.Tensor) and obj.device.type != "cpu":
             raise _gr_error("CUDATensorResult", title="ZeroGPU worker error")
-        return
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_result(item, seen)
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for item in value:
-            _check_result(item, seen)
-    elif hasattr(value, "__dict__") and not isinstance(value, type):
-        for item in vars(value).values():
-            _check_result(item, seen)
+        return NotImplemented
+
+
+def _dumps(value: object, check: bool) -> bytes:
+    if not check:
+        return pickle.dumps(value)
+    buffer = io.BytesIO()
+    _CheckingPickler(buffer).dump(value)
+    return buffer.getvalue()
 
 
 def _encode(kind: str, value: object) -> bytes:
     try:
-        if kind in ("value", "item"):
-            _check_result(value)
-        return pickle.dumps((kind, value))
+        return _dumps((kind, value), check=kind in ("value", "item"))
     except Exception as exc:  # noqa: BLE001 - everything unpicklable maps to one error, as on ZeroGPU
         if exc.__class__.__name__ == "Error" and exc.__class__.__module__.startswith("gradio"):
             return pickle.dumps(("error", exc))
