@@ -312,8 +312,8 @@ def test_a_switch_frees_the_old_model_before_planning_the_new_one(
     old = service.load(str(FULL))
     held_by_a_session = old  # a visitor's session still refers to it until its next event
     order: list = []
-    release = service.release_memory
-    monkeypatch.setattr(service, "release_memory", lambda: (order.append("release"), release()))
+    release = service.budget.free
+    monkeypatch.setattr(service.budget, "free", lambda *keep: (order.append("release"), release(*keep)))
     _record_loads(monkeypatch, order)
     emptied = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine: its cache is emptied

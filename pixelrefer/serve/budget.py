@@ -485,10 +485,14 @@ class MemoryBudget:
             yield from replies
 
     def recover(self, ws: Workspace | None) -> None:
-        """After an allocator ran out of memory: every idle visitor's caches, the shared ones and `ws`'s own are
-        dropped, and Python and the CUDA allocator give back what they hold."""
+        """After an allocator ran out of memory: counted as a refusal, logged, and everything is freed (`free`)."""
         self.refusals += 1
         _log.warning("Out of memory during a visitor's action; caches dropped")
+        self.free(ws)
+
+    def free(self, ws: Workspace | None = None) -> None:
+        """Every idle visitor's caches, the shared ones and `ws`'s own are dropped, and Python and the CUDA
+        allocator give back what they hold (after an out-of-memory error, or before another model is planned)."""
         for device in {*self.limits, "cpu", *self.usage()}:
             self._shed(device, 1 << 62, keep=ws)
         gc.collect()

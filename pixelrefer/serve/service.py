@@ -424,7 +424,7 @@ class Service:
                 return self._fall_back(source, str(exc))
             except Exception as exc:  # any load failure must leave a working app
                 _log.exception("Loading %s failed; serving the offline preview", source)
-                self.release_memory()
+                self.budget.free()
                 return self._fall_back(source, f"Cannot load '{source}': {type(exc).__name__}: {exc}")
             return self.model
 
@@ -461,7 +461,7 @@ class Service:
                 torch.nn.Module.to(old.model, "meta")
             except (RuntimeError, ValueError, TypeError):  # e.g. a quantized layout: references go anyway
                 _log.warning("The old model's weights could not be released at once", exc_info=True)
-        self.release_memory()
+        self.budget.free()
 
     def _start_engine(self, source: str) -> None:
         """With `--engine vllm`, start (or reach) the server from the checkpoint's files, before the app
