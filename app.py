@@ -34,7 +34,7 @@ from pixelrefer.serve.policy import Policy  # noqa: E402
 from pixelrefer.serve.servedfiles import cache_schedule  # noqa: E402
 from pixelrefer.serve.service import AppSettings, Service  # noqa: E402
 from pixelrefer.serve.views import Views  # noqa: E402
-from pixelrefer.serve.visitor import close_workspace  # noqa: E402
+from pixelrefer.serve.visits import Visitors  # noqa: E402
 from pixelrefer.serve.webguard import MODEL_QUEUE, guard_middleware, watch_headers  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -46,6 +46,7 @@ CREDITS = (
     "code [alibaba-damo-academy/PixelRefer](https://github.com/alibaba-damo-academy/PixelRefer) (Apache-2.0). "
     "Masks: SAM 2.1 (Meta) through transformers."
 )
+SCROLL_TO_CANVAS = "() => document.querySelector('#canvas-col').scrollIntoView({block: 'start'})"
 PAGE_ONLY = {"api_visibility": "private"}
 """Every page event: only the named API may be called by name (`RouteGuard` refuses the rest)."""
 
@@ -74,7 +75,7 @@ def header(service: Service, ui: SimpleNamespace) -> None:
         ui.banner = gr.Markdown(service.banner, elem_id="banner-text")
 
 
-def canvas_panel(settings: AppSettings, ui: SimpleNamespace) -> None:
+def canvas_panel(settings: AppSettings, examples: Sequence[Example], ui: SimpleNamespace) -> None:
     """The one picture: uploaded onto, clicked and boxed on, painted on in the same place. The picture is
     sent back after every click, as JPEG: a 1600x1200 one encodes in ~10 ms, against ~250 ms as WebP."""
     ui.canvas = gr.Image(
@@ -89,6 +90,7 @@ def canvas_panel(settings: AppSettings, ui: SimpleNamespace) -> None:
         height=440, transforms=[], brush=gr.Brush(colors=["#ff00ff"], default_size=12, color_mode="fixed"),
         elem_id="painter", format="jpeg",
     )  # fmt: skip
+    examples_strip(examples, ui)
     marking_tools(ui)
     clip_bar(settings, ui)
 
@@ -97,7 +99,7 @@ def marking_tools(ui: SimpleNamespace) -> None:
     """The tools under the picture, the brush's own row, and the status line."""
     with gr.Row(elem_id="tools"):
         ui.tool = gr.Radio(list(TOOLS), value="Object (click)", label="Mark with", scale=4, elem_id="tool")
-        with gr.Column(scale=1, min_width=130):
+        with gr.Column(scale=1, min_width=130, elem_id="tool-buttons"):
             ui.keep = gr.Button("Keep object", variant="primary", size="sm")
             ui.clear_marks = gr.Button("Clear marks", size="sm")
     with gr.Row(visible=False) as ui.brush_row:
@@ -113,19 +115,36 @@ def clip_bar(settings: AppSettings, ui: SimpleNamespace) -> None:
         with gr.Row():
             ui.track = gr.Button("Track objects through the clip", variant="primary", size="sm")
             ui.cancel = gr.Button("Cancel tracking", size="sm")
-        ui.overlay = gr.Video(
-            label="Tracked preview (the sampled frames)", interactive=False, height=220, visible=False,
-            elem_id="overlay",
-        )  # fmt: skip
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_id="clip-open"):
         ui.open_clip = gr.UploadButton(
-            "Open a clip", file_types=["video"], type="filepath", size="sm", scale=0, elem_id="open-clip"
-        )
+            "Open a clip", file_types=["video"], type="filepath", size="sm", scale=0, min_width=110,
+            elem_id="open-clip",
+        )  # fmt: skip
         gr.Markdown(f"Clips: {settings.media.describe()}", elem_id="clip-limits")
 
 
-def objects_panel(examples: Sequence[Example], ui: SimpleNamespace) -> None:
-    """The objects (colour, tag, name) with their actions, and the examples as pictures."""
+def examples_strip(examples: Sequence[Example], ui: SimpleNamespace) -> None:
+    """The examples as one row of small pictures right under the canvas, reachable from the first screen on
+    a phone too; clips are marked as clips, and the names are shown whole."""
+    shown = bool(examples)
+    gr.Markdown(
+        "**Examples**: tap one to load its picture or clip, its objects and a question.",
+        elem_id="examples-title", visible=shown,
+    )  # fmt: skip
+    ui.examples = gr.Gallery(
+        [(thumbnail(e), ("▶ clip: " if e.kind == "video" else "") + e.name) for e in examples],
+        show_label=False, label="Examples", columns=len(examples) or 1, rows=1, height=118,
+        object_fit="cover", allow_preview=False, interactive=False, elem_id="examples", visible=shown,
+    )  # fmt: skip
+
+
+def objects_panel(ui: SimpleNamespace) -> None:
+    """The tracked preview of a clip (beside the canvas on a desktop, above the fold), the objects (colour,
+    tag, name) and their actions."""
+    ui.overlay = gr.Video(
+        label="Tracked preview (the sampled frames)", interactive=False, height=220, visible=False,
+        elem_id="overlay",
+    )  # fmt: skip
     ui.chips = gr.HTML(render.chips(None), elem_id="objects")
     ui.picked = gr.Radio(
         render.object_choices(None), value=render.NEW_OBJECT, label="Object", elem_id="object-picker",
@@ -136,11 +155,6 @@ def objects_panel(examples: Sequence[Example], ui: SimpleNamespace) -> None:
         ui.rename = gr.Button("Rename", size="sm", min_width=60)
         ui.insert = gr.Button("Insert tag", size="sm", min_width=60)
         ui.delete = gr.Button("Delete", size="sm", min_width=60)
-    ui.examples = gr.Gallery(
-        [(thumbnail(e), e.name) for e in examples], label="Examples (objects marked, question ready)",
-        columns=2, height=330, object_fit="contain", allow_preview=False, interactive=False, elem_id="examples",
-        visible=bool(examples),
-    )  # fmt: skip
 
 
 def chat_panel(settings: AppSettings, ui: SimpleNamespace) -> None:
@@ -195,17 +209,19 @@ def model_panel(service: Service, ui: SimpleNamespace) -> None:
     gr.Markdown(CREDITS)
 
 
-def layout(service: Service, examples: Sequence[Example]) -> SimpleNamespace:
+def layout(service: Service, examples: Sequence[Example], visitors: Visitors) -> SimpleNamespace:
     """The whole page, its components by name: canvas | objects | chat, top to bottom on a phone."""
     settings = service.settings
     ui = SimpleNamespace()
-    ui.state = gr.State(None, delete_callback=close_workspace, time_to_live=settings.session_ttl_s)
+    # The workspace is the token's (`pixelrefer.serve.visits`): a reload finds it again.
+    ui.state = gr.State(None, delete_callback=visitors.release, time_to_live=settings.session_ttl_s)
+    ui.token = gr.BrowserState("", storage_key="pixelrefer-visit")
     header(service, ui)
     with gr.Row(equal_height=False, elem_id="page"):
         with gr.Column(scale=5, min_width=340, elem_id="canvas-col"):
-            canvas_panel(settings, ui)
+            canvas_panel(settings, examples, ui)
         with gr.Column(scale=2, min_width=250, elem_id="objects-col"):
-            objects_panel(examples, ui)
+            objects_panel(ui)
         with gr.Column(scale=4, min_width=340, elem_id="chat-col"):
             chat_panel(settings, ui)
             model_panel(service, ui)
@@ -225,6 +241,14 @@ def on(triggers: Sequence, fn: Callable, inputs: list | None, outputs: list | No
 # hidden. Marking shows its progress in the status line; only new media covers the canvas.
 def status_line(ui: SimpleNamespace) -> dict:
     return {"show_progress_on": [ui.mark_info]}
+
+
+def wire_page_load(demo: gr.Blocks, ui: SimpleNamespace, views: Views, events: PageEvents) -> None:
+    """A page load (a new tab or a reload) shows the work the browser's token names, then the brush if
+    that is the tool."""
+    on([demo.load], events.on_page_load, [ui.token], views.restored, show_progress="hidden").then(
+        events.on_tool, [ui.state, ui.tool], views.painting, show_progress="hidden", **PAGE_ONLY
+    )
 
 
 def wire_media(ui: SimpleNamespace, views: Views, events: PageEvents) -> None:
@@ -247,6 +271,8 @@ def wire_media(ui: SimpleNamespace, views: Views, events: PageEvents) -> None:
     ]
     for event in opened:
         event.then(events.on_tool, *brush, show_progress="hidden", **PAGE_ONLY)
+    # An example tapped at the foot of a phone's screen: the page moves to its picture.
+    opened[-1].then(None, js=SCROLL_TO_CANVAS, **PAGE_ONLY)
     on([ui.canvas.clear], events.on_clear_canvas, [ui.state], views.media)
 
 
@@ -276,15 +302,17 @@ def wire_marking(ui: SimpleNamespace, views: Views, events: PageEvents) -> None:
 def wire_chat(ui: SimpleNamespace, views: Views, events: PageEvents, model: dict) -> None:
     """Questions and quick actions (on the model queue), stop, clear, sampling and exports."""
     generation = [ui.max_tokens, ui.sample, ui.temperature, ui.top_p, ui.seed]
+    # While an answer waits or streams only the chat shows it: the question box stays free for the next one.
+    answering = {**model, "show_progress_on": [ui.chatbot]}
     on(
         [ui.send.click, ui.question.submit],
         events.on_send,
         [ui.state, ui.question, *generation],
         views.chat,
-        **model,
+        **answering,
     )
-    on([ui.describe.click], events.on_describe, [ui.state, ui.picked, *generation], views.chat, **model)
-    on([ui.regenerate.click], events.on_regenerate, [ui.state, *generation], views.chat, **model)
+    on([ui.describe.click], events.on_describe, [ui.state, ui.picked, *generation], views.chat, **answering)
+    on([ui.regenerate.click], events.on_regenerate, [ui.state, *generation], views.chat, **answering)
     on([ui.relate.click], events.on_relate, [ui.state], [ui.question])
     on([ui.stop.click], events.on_stop, [ui.state], None, queue=False)
     on([ui.clear_chat.click, ui.chatbot.clear], events.on_clear_chat, [ui.state], [ui.state, ui.chatbot])
@@ -307,15 +335,18 @@ def build_page(service: Service) -> Page:
     examples = tuple(load_examples(EXAMPLES)) if (EXAMPLES / "examples.json").exists() else ()
     model = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": service.model_concurrency}
     policy = Policy(service)
+    visitors = Visitors(settings.session_ttl_s)
     with gr.Blocks(title="PixelRefer region chat", fill_width=True) as demo:
-        ui = layout(service, examples)
-        views = Views(ui)
-        events = PageEvents(service, policy, views, examples)
+        ui = layout(service, examples, visitors)
+        views = Views(ui, visitors)
+        events = PageEvents(service, policy, views, examples, visitors)
+        wire_page_load(demo, ui, views, events)
         wire_media(ui, views, events)
         wire_marking(ui, views, events)
         wire_chat(ui, views, events, model)
         wire_model(demo, ui, events, model)
         add_named_api(service, policy, ui.state)
+    visitors.serve(demo, ui.state._id)
     demo.delete_cache = cache_schedule(settings.session_ttl_s)  # uploads and downloads of ended sessions
     # The model queue's bound (`queue_size`) is applied to model events only, by `RouteGuard`; Gradio's own
     # bound counts every event, so it is only the backstop against a flood of cheap ones.
@@ -345,7 +376,10 @@ def launch_options(settings: AppSettings) -> dict:
         # `max_sessions` workspaces and prunes empty sessions first, so this is only the backstop.
         "state_session_capacity": 16 * settings.max_sessions,
         "css": (ASSETS / "app.css").read_text(encoding="utf-8"),
-        "head": f"<script>{(ASSETS / 'click_marker.js').read_text(encoding='utf-8')}</script>",
+        "head": "".join(
+            f"<script>{(ASSETS / name).read_text(encoding='utf-8')}</script>"
+            for name in ("click_marker.js", "confirm_clear.js")
+        ),
         "footer_links": ["api"],
         "enable_monitoring": settings.monitoring,
         "app_kwargs": {"middleware": guard_middleware(settings)},

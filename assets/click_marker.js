@@ -1,26 +1,102 @@
-// Marks feel live: the click point is drawn on the canvas the moment the pointer goes down, in the
-// tool's colour, and removed when the server's next picture (the point and the mask) replaces it.
+// Marks feel live, and no click is lost. The click point is drawn on the canvas the moment the pointer goes
+// down, in the tool's colour, and removed when the server's next picture (the point and the mask) replaces
+// it. A click that lands while a new picture is still being placed (Gradio's overlay covers the canvas) is
+// kept and replayed on the picture once it is there, at the same place on it; a click that gets no picture
+// back says so instead of leaving a dot behind.
 (() => {
   const COLOURS = { "Object (click)": "#22c55e", "Background (click)": "#ef4444", "Box (2 clicks)": "#3b82f6" };
+  const COVER = '#canvas [data-testid="status-tracker"]:not(.hide)';
+  const QUEUED_FOR_MS = 20000;
+  const ANSWER_WITHIN_MS = 15000;
+
+  const toolColour = () => {
+    const tool = document.querySelector("#tool input:checked");
+    return COLOURS[tool ? tool.value : ""];
+  };
+
+  // Where a point is on the picture itself (the image is drawn "contain" inside its element), as fractions.
+  const drawn = (img) => {
+    const r = img.getBoundingClientRect();
+    const scale = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight, 1);
+    const width = img.naturalWidth * scale, height = img.naturalHeight * scale;
+    return { left: r.left + (r.width - width) / 2, top: r.top + (r.height - height) / 2, width, height };
+  };
+
+  const say = (text) => {
+    const info = document.querySelector("#mark-info");
+    if (!info) return;
+    let note = document.querySelector("#click-note");
+    if (!note) {
+      note = document.createElement("div");
+      note.id = "click-note";
+      note.setAttribute("role", "status");
+      info.parentElement.insertBefore(note, info);
+    }
+    note.textContent = text;
+    clearTimeout(note.hideTimer);
+    note.hideTimer = setTimeout(() => note.remove(), 6000);
+  };
+
+  const showMarker = (holder, x, y, colour, queued) => {
+    if (getComputedStyle(holder).position === "static") holder.style.position = "relative";
+    const place = holder.getBoundingClientRect();
+    const marker = document.createElement("div");
+    marker.className = queued ? "click-marker queued" : "click-marker";
+    marker.style.left = `${x - place.left}px`;
+    marker.style.top = `${y - place.top}px`;
+    marker.style.background = colour;
+    holder.appendChild(marker);
+    return marker;
+  };
+
+  // A click on a picture being placed: replayed once the new picture is shown and nothing covers it.
+  const queue = (event, img, colour) => {
+    const box = drawn(img);
+    const fx = (event.clientX - box.left) / box.width, fy = (event.clientY - box.top) / box.height;
+    if (fx < 0 || fx > 1 || fy < 0 || fy > 1) return;
+    const canvas = document.querySelector("#canvas");
+    const marker = showMarker(canvas, event.clientX, event.clientY, colour, true);
+    say("The picture is still being placed: your click will be applied as soon as it is shown.");
+    const started = Date.now();
+    const timer = setInterval(() => {
+      const picture = document.querySelector("#canvas img");
+      const ready = picture && picture.complete && picture.naturalWidth > 0 && !document.querySelector(COVER);
+      if (!ready && Date.now() - started < QUEUED_FOR_MS) return;
+      clearInterval(timer);
+      marker.remove();
+      if (!ready) {
+        say("The picture took too long to arrive: your click was not applied. Please click again.");
+        return;
+      }
+      const now = drawn(picture);
+      const x = now.left + fx * now.width, y = now.top + fy * now.height;
+      const options = { bubbles: true, cancelable: true, clientX: x, clientY: y, pointerType: "mouse" };
+      picture.dispatchEvent(new PointerEvent("pointerdown", options));
+      picture.dispatchEvent(new MouseEvent("click", options));
+    }, 100);
+  };
+
   document.addEventListener(
     "pointerdown",
     (event) => {
-      const picture = event.target.closest ? event.target.closest("#canvas img") : null;
-      if (!picture) return;
-      const tool = document.querySelector("#tool input:checked");
-      const colour = COLOURS[tool ? tool.value : ""];
+      const canvas = event.target.closest ? event.target.closest("#canvas") : null;
+      if (!canvas) return;
+      const colour = toolColour();
       if (!colour) return;
+      const img = canvas.querySelector("img");
+      const covered = document.querySelector(COVER);
+      if (covered && img && img.naturalWidth > 0 && event.isTrusted) {
+        queue(event, img, colour);
+        return;
+      }
+      const picture = event.target.closest("#canvas img");
+      if (!picture) return;
       const holder = picture.parentElement;
-      if (getComputedStyle(holder).position === "static") holder.style.position = "relative";
-      const place = holder.getBoundingClientRect();
-      const marker = document.createElement("div");
-      marker.className = "click-marker";
-      marker.style.left = `${event.clientX - place.left}px`;
-      marker.style.top = `${event.clientY - place.top}px`;
-      marker.style.background = colour;
-      holder.appendChild(marker);
+      const marker = showMarker(holder, event.clientX, event.clientY, colour, false);
       const source = picture.getAttribute("src");
+      let answered = false;
       const done = () => {
+        answered = true;
         marker.remove();
         watch.disconnect();
       };
@@ -29,7 +105,13 @@
         if (!picture.isConnected || picture.getAttribute("src") !== source) done();
       });
       watch.observe(holder.closest("#canvas"), { subtree: true, childList: true, attributes: true, attributeFilter: ["src"] });
-      setTimeout(done, 15000); // a refused click changes no picture
+      setTimeout(() => {
+        if (answered) return;
+        done();
+        // A refused click changes no picture but says why in a toast or the status line; a click that got
+        // nothing at all is said here.
+        if (!document.querySelector(".toast-body")) say("This click got no answer from the server; please click again.");
+      }, ANSWER_WITHIN_MS);
     },
     true,
   );

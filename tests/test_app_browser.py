@@ -167,6 +167,7 @@ def click_pixel(page: Page, x: float, y: float) -> None:
     image = page.locator("#canvas img")
     image.scroll_into_view_if_needed()
     expect(page.locator(CANVAS_COVERED)).to_have_count(0)  # a picture still arriving would take the click
+    image.evaluate("img => img.complete && img.naturalWidth > 0 || img.decode()")  # its size is known
     box = image.evaluate(
         """img => { const r = img.getBoundingClientRect();
         return {left: r.left, top: r.top, width: r.width, height: r.height,
@@ -354,6 +355,7 @@ def test_example_gives_a_streamed_answer(page: Page, preview_app: PreviewApp, sc
     send(page)
     assert len(answers(page)) == 1
     # The chat's own trash button forgets the conversation too: the next answer comes alone.
+    page.once("dialog", lambda dialog: dialog.accept())  # it asks first (assets/confirm_clear.js)
     page.locator("#chat").get_by_role("button", name="Clear", exact=True).click()
     expect(page.locator('#chat [data-testid="bot"]')).to_have_count(0)
     send(page, coffee.question)
@@ -654,12 +656,16 @@ def test_phone_first_screen(browser: Browser, preview_app: PreviewApp) -> None:
         banner = page.locator("#banner")
         assert "Offline preview" in banner.inner_text()
         assert banner.bounding_box()["height"] < 90  # a one-line notice ...
-        # The chat comes right after the canvas and its tools: one swipe down.
-        chat_top = page.evaluate("document.querySelector('#chat').getBoundingClientRect().top + scrollY")
-        assert chat_top < 1.5 * PHONE["height"], f"the chat starts {chat_top:.0f} px down"
+        # The canvas, its examples on the first screen, then the objects, then the chat.
+        top = "document.querySelector('{}').getBoundingClientRect().top + scrollY"
+        canvas, examples, objects, chat = (
+            page.evaluate(top.format(s)) for s in ("#canvas", "#examples", "#objects", "#chat")
+        )
+        assert canvas < examples < PHONE["height"], f"the examples start {examples:.0f} px down"
+        assert examples < objects < chat, (objects, chat)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"the page is {width} px wide on a {PHONE['width']} px phone"
-        save_screenshot(page, "phone", readme=True)
+        save_screenshot(page, "phone_first_screen")  # the README's phone.png: test_visitor_browser.py
         banner.get_by_role("button").first.click()  # ... that opens to the whole text
         wait_text(page, "#banner", "tiny random model built on this machine")
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 
 from ..media.images import shrink_image
-from ..media.video import overlay_image
 from ..segment.base import Prompt
+from .marks_view import Shape, draw_objects
 
 __all__ = ["DISPLAY_SIDE", "display_copy", "draw_canvas", "to_frame"]
 
@@ -55,22 +55,29 @@ def draw_canvas(
     colors: Mapping[object, int],
     prompt: Prompt,
     corner: tuple[float, float] | None,
+    picked: object = None,
 ) -> np.ndarray:
-    """`shown` (the display copy) with `masks` (at the frame's size) tinted in their colour indices, the
-    prompt's points (green on the object, red on the background) and box, and a pending box corner."""
+    """`shown` (the display copy) with `masks` (at the frame's size) tinted in their colour indices, each
+    findable however small and the `picked` one highlighted (`pixelrefer.serve.marks_view`), the prompt's
+    points (green on the object, red on the background) and box, and a pending box corner."""
     height, width = shown.shape[:2]
     scale_x, scale_y = _scale(frame_shape, shown.shape)
 
     def fitted(mask: np.ndarray) -> np.ndarray:
         if mask.shape == (height, width):
             return mask
-        return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_AREA) >= 0.5
+        area = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+        shown_mask = area >= 0.5
+        # A mask thinner than a display pixel still shows: every pixel it touches.
+        return shown_mask if shown_mask.any() or not mask.any() else area > 0
 
     def at(x: float, y: float) -> tuple[int, int]:
         return int(x * scale_x), int(y * scale_y)
 
-    fitted_masks = {label: fitted(mask) for label, mask in masks.items()}
-    image = overlay_image(shown, fitted_masks, dict(colors)) if fitted_masks else shown.copy()
+    shapes = [
+        Shape(str(label), fitted(mask), colors[label], label == picked) for label, mask in masks.items()
+    ]
+    image = draw_objects(shown, shapes)
     radius = max(3, min(height, width) // 80)
     for (x, y), positive in zip(prompt.points, prompt.positive, strict=True):
         cv2.circle(image, at(x, y), radius, _POSITIVE if positive else _NEGATIVE, -1, cv2.LINE_AA)

@@ -8,7 +8,10 @@ piece in its own GPU call with plain data (`pixelrefer.serve.zerogpu_calls`), ne
 
 from __future__ import annotations
 
+import functools
 import inspect
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 import cv2
@@ -22,10 +25,12 @@ from .cancellation import on_cancel as stop_on_cancel
 from .cancellation import stops_on_cancel
 from .examples import Example
 from .flags import generation_settings
+from .marks_view import small_mask_note
 from .policy import Policy
 from .service import Service
 from .views import Views
 from .visitor import workspace_for
+from .visits import MovedAway, Visitors, current_session
 from .workspace import Workspace
 
 __all__ = ["EXPORTS", "TOOLS", "PageEvents", "describe_stream", "send_stream", "track_clip"]
@@ -59,17 +64,80 @@ def event(restore: str | None = None, *, cancellable: bool = False) -> Callable[
 class PageEvents:
     """The handlers of one page, for one service; `views` says what each refreshes."""
 
-    def __init__(self, service: Service, policy: Policy, views: Views, examples: Sequence[Example]) -> None:
+    def __init__(
+        self,
+        service: Service,
+        policy: Policy,
+        views: Views,
+        examples: Sequence[Example],
+        visitors: Visitors | None = None,
+    ) -> None:
         self.service, self.policy, self.views, self.ui = service, policy, views, views.ui
         self.examples = tuple(examples)
+        self.visitors = visitors if visitors is not None else Visitors(service.settings.session_ttl_s)
         for name, fn in inspect.getmembers(type(self), lambda f: hasattr(f, "page_event")):
             restore, cancellable = fn.page_event
             guarded = policy.for_page(getattr(views, restore) if restore else None)(getattr(self, name))
+            guarded = self._this_tab_only(guarded)
             setattr(self, name, stops_on_cancel(guarded) if cancellable else guarded)
         self.on_load_model = policy.for_api(self.on_load_model)  # a page event that says why it refused
 
+    def _this_tab_only(self, fn: Callable) -> Callable:
+        """`fn` refused, with a toast and no change, when this tab's work was taken over by another tab of
+        the same browser (`pixelrefer.serve.visits`): one workspace is never written by two tabs."""
+        check = self.visitors.check
+
+        def refuse(exc: MovedAway):
+            gr.Warning(str(exc))
+            return gr.skip()
+
+        if inspect.isgeneratorfunction(inspect.unwrap(fn)):
+
+            @functools.wraps(fn)
+            def streaming(ws, *args, **kwargs):
+                try:
+                    check(ws)
+                except MovedAway as exc:
+                    yield refuse(exc)
+                    return
+                yield from fn(ws, *args, **kwargs)
+
+            return streaming
+
+        @functools.wraps(fn)
+        def plain(ws, *args, **kwargs):
+            try:
+                check(ws)
+            except MovedAway as exc:
+                return refuse(exc)
+            return fn(ws, *args, **kwargs)
+
+        return plain
+
     def workspace(self, ws: Workspace | None) -> Workspace:
-        return workspace_for(self.service, ws)
+        """This tab's workspace; a new one is kept under the token the page got when it loaded."""
+        made = workspace_for(self.service, ws)
+        if made is not ws:
+            self.visitors.adopt(made)
+        return made
+
+    # ------------------------------------------------------------------ page load
+
+    def on_page_load(self, token, request: gr.Request):
+        """A page load (a new tab, or a reload): the work the browser's token names, as it was left, with the
+        settings of its last answer; an answer that was streaming when the page went away ends as stopped."""
+        ws, token = self.visitors.greet(token, getattr(request, "session_hash", None) or current_session())
+        if ws is None:
+            return {**self.views.after_media(None, ""), self.ui.token: token}
+        try:
+            ws = workspace_for(self.service, ws)
+            finish_stream(ws)
+            message = "Your work is back: the picture, its objects and the chat."
+            shown = self.views.after_media(ws, message if ws.kind != "none" else "")
+        except Exception as exc:  # a workspace that cannot be shown is a bug, logged; the page stays usable
+            gr.Warning(self.policy.explain(exc).message)
+            shown = self.views.after_media(None, "")
+        return {**shown, **self.views.settings(ws), self.ui.token: token}
 
     # ------------------------------------------------------------------ media
 
@@ -138,6 +206,7 @@ class PageEvents:
             message = result.message
         else:
             message = f"Mask by {result.segmenter}. Add clicks to refine, then **Keep object**."
+            message += _small_note(int(result.mask.sum()), "This mask")
         return self.views.after_marking(ws, message)
 
     @event()
@@ -177,6 +246,10 @@ class PageEvents:
         ws = self.workspace(ws)
         obj = ws.keep(name or "")
         note = " Track again to follow it through the clip." if ws.clip is not None else ""
+        small = small_mask_note(int(obj.masks[ws.frame_index].sum()), obj.tag)
+        if small:  # kept, since the visitor may mean it, but never silently
+            gr.Warning(render.markdown_text(small))
+            note += f" {small}"
         shown = {**self.views.after_marking(ws, f"Kept as {obj.tag}.{note}"), self.ui.name: ""}
         # The strokes belonged to the kept object: the next object starts from a clean brush.
         if TOOLS[tool] == "brush":
@@ -186,7 +259,9 @@ class PageEvents:
     @event()
     def on_clear_marks(self, ws, tool):
         if ws is None or ws.kind == "none":
-            return gr.skip()
+            raise gr.Error(
+                "There are no marks to clear: open a picture or a clip first.", print_exception=False
+            )
         ws.clear_marks()
         shown = self.views.after_marking(ws, "Marks cleared.")
         if TOOLS[tool] == "brush":
@@ -222,8 +297,10 @@ class PageEvents:
 
     @staticmethod
     def on_insert_tag(question, object_id):
+        """The picked object's tag at the end of the question; with "new object" picked, it says so."""
         if render.picked_id(object_id) is None:
-            return question
+            gr.Warning("Pick an object in the list first: Insert tag adds its tag, e.g. &lt;object1&gt;.")
+            return gr.skip()
         spacer = "" if not question or question.endswith(" ") else " "
         return f"{question or ''}{spacer}<object{int(object_id)}>"
 
@@ -253,6 +330,7 @@ class PageEvents:
     @event("restore_chat")
     def on_send(self, ws, question, max_new_tokens, sample, temperature, top_p, seed):
         ws = self.workspace(ws)
+        remember_settings(ws, max_new_tokens, sample, temperature, top_p, seed)
         question = (question or "").strip()
         for answered in send_stream(ws, question, max_new_tokens, sample, temperature, top_p, seed):
             yield self.views.after_answer(*answered)
@@ -261,6 +339,7 @@ class PageEvents:
     def on_describe(self, ws, object_id, max_new_tokens, sample, temperature, top_p, seed):
         """The picked object, or each object in turn: one answer per object, each under its own question."""
         ws = self.workspace(ws)
+        remember_settings(ws, max_new_tokens, sample, temperature, top_p, seed)
         if not ws.objects():
             raise gr.Error("Mark an object first.", print_exception=False)
         for answered in describe_stream(ws, object_id, max_new_tokens, sample, temperature, top_p, seed):
@@ -290,7 +369,7 @@ class PageEvents:
     def on_clear_chat(self, ws):
         if ws is not None and ws.session is not None:
             ws.session.clear()
-        return {self.ui.state: ws, self.ui.chatbot: []}
+        return {self.ui.state: self.views.held(ws), self.ui.chatbot: []}
 
     def on_sample(self, sample: bool):
         """Temperature and top-p only matter when sampling."""
@@ -347,6 +426,11 @@ class PageEvents:
         return gr.update(label=render.banner_title(banner), visible=bool(banner.strip()))
 
 
+def _small_note(pixels: int, what: str) -> str:
+    note = small_mask_note(pixels, what)
+    return f" {note}" if note else ""
+
+
 def _picked_object(ws: Workspace | None, object_id: object) -> int:
     object_id = render.picked_id(object_id)
     if ws is None or object_id is None:
@@ -357,19 +441,67 @@ def _picked_object(ws: Workspace | None, object_id: object) -> int:
 # ---------------------------------------------------------------------- the model work (`Service.calls`)
 
 
+_STREAMING: weakref.WeakKeyDictionary[Workspace, threading.Event] = weakref.WeakKeyDictionary()
+"""Workspaces with an answer streaming, each with the event set when that answer is over (or stopped)."""
+
+
+def remember_settings(ws: Workspace, max_new_tokens, sample, temperature, top_p, seed) -> None:
+    """The generation settings of the last answer, shown again when the page is reloaded."""
+    ws.page_settings = {
+        "max_new_tokens": max_new_tokens,
+        "sample": bool(sample),
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+    }
+
+
+def finish_stream(ws: Workspace, wait_s: float = 5.0) -> None:
+    """An answer still streaming for a page that went away is stopped; wait (briefly) until the chat
+    recorded it as stopped, so the page that comes back shows it."""
+    done = _STREAMING.get(ws)
+    if done is not None and not done.is_set():
+        ws.stop()
+        done.wait(wait_s)
+
+
+def _drain(replies: Iterator, done: threading.Event) -> None:
+    try:
+        for _ in replies:
+            pass
+    except Exception:  # the answer was abandoned: how it ended matters no more than its text
+        pass
+    finally:
+        done.set()
+
+
 def _stream(ws: Workspace, replies: Iterator, question: str) -> Iterator[tuple[Workspace, list[dict]]]:
-    """The chat as the answer grows: the history, the question, the answer so far; the history when done."""
+    """The chat as the answer grows: the history, the question, the answer so far; the history when done.
+
+    A page that goes away mid-answer (a reload, a closed tab) closes this generator: the answer is then
+    stopped and run to its end on another thread, so the chat records it as stopped with its text so far,
+    and the reloaded page shows it so."""
     messages = render.history(ws) + [
         {"role": "user", "content": render.colour_tags(ws, question)},
         {"role": "assistant", "content": ""},
     ]
     text = ""
-    for reply in replies:
-        text += reply.delta
-        messages[-1]["content"] = render.answer_html(ws, text)
-        if reply.done:
-            messages = render.history(ws)
-        yield ws, messages
+    done = _STREAMING[ws] = threading.Event()
+    finished = False
+    try:
+        for reply in replies:
+            text += reply.delta
+            messages[-1]["content"] = render.answer_html(ws, text)
+            if reply.done:
+                messages = render.history(ws)
+            yield ws, messages
+        finished = True
+    finally:
+        if finished:
+            done.set()
+        else:
+            ws.stop()
+            threading.Thread(target=_drain, args=(replies, done), daemon=True).start()
 
 
 def send_stream(ws, question, max_new_tokens, sample, temperature, top_p, seed):

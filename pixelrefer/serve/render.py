@@ -151,11 +151,22 @@ def banner_title(banner: str) -> str:
     return first if len(first) <= 100 else first[:99] + "…"
 
 
+def _markdown_cell(text: str) -> str:
+    """Text shown as itself in a Markdown table cell: HTML, emphasis, strikethrough and pipes escaped."""
+    return re.sub(r"([\\`*_~|\[\]])", r"\\\1", html.escape(text))
+
+
 def status_markdown(service: Service) -> str:
     """What is served and what would fit; with switching off, that it is the operator who chooses."""
     status = dict(service.status())
-    status["fits this machine"] = ", ".join(c.label for c in service.choices() if c.fits) or "none"
+    fitting = [
+        f"{c.source.split('/', 1)[-1]} (~{c.estimate_gib:.1f} GiB)"
+        for c in service.choices()
+        if c.fits_memory
+    ]
+    status["fits this machine"] = ", ".join(fitting) or "none of the released checkpoints"
     if not service.settings.allow_model_switch:
         status["switching"] = "off: the model is chosen by whoever runs the app"
-    rows = "\n".join(f"| {k} | {html.escape(v)} |" for k, v in status.items())
+    # A "~" pair is strikethrough in Markdown ("~7.3 GiB ... ~30.0 GiB"): escaped, as everything is.
+    rows = "\n".join(f"| {k} | {_markdown_cell(v)} |" for k, v in status.items())
     return f"| Setting | Value |\n|---|---|\n{rows}"

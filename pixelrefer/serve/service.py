@@ -269,6 +269,9 @@ class ModelChoice:
     label: str
     estimate_gib: float
     fits: bool
+    """Offered by the picker (every checkpoint in the preview, which stands in for it)."""
+    fits_memory: bool = False
+    """Its weights fit this machine's free memory (what the model panel says, preview or not)."""
 
 
 def _release_estimate(settings: AppSettings, source: str, gpus: list[GpuInfo]) -> float:
@@ -610,8 +613,10 @@ class Service:
             if source not in self._estimates:
                 self._estimates[source] = _release_estimate(self.settings, source, gpus)
             estimate = self._estimates[source]
-            fits = self.preview or estimate * 1.15 <= available or source == current
+            fits_memory = estimate * 1.15 <= available or source == current
             name = source.split("/", 1)[1]
             note = f"~{estimate:.1f} GiB" + ("; the preview stands in here" if self.preview else "")
-            out.append(ModelChoice(source, f"{name} ({note})", estimate, fits))
+            out.append(
+                ModelChoice(source, f"{name} ({note})", estimate, self.preview or fits_memory, fits_memory)
+            )
         return out

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from . import render
+from .visits import Visitors
 from .workspace import Workspace
 
 __all__ = ["Views"]
@@ -19,8 +20,9 @@ __all__ = ["Views"]
 class Views:
     """The page's components (`ui`, as the panels built them) and what each kind of event refreshes."""
 
-    def __init__(self, ui: SimpleNamespace) -> None:
+    def __init__(self, ui: SimpleNamespace, visitors: Visitors | None = None) -> None:
         self.ui = ui
+        self.visitors = visitors
         self.marked = [ui.state, ui.canvas, ui.chips, ui.picked, ui.mark_info, ui.describe, ui.relate]
         """After a mark, an object edit or a seek: the picture, the objects and the status line."""
         self.media = [*self.marked, ui.clip_bar, ui.frame, ui.overlay, ui.chatbot]
@@ -29,6 +31,14 @@ class Views:
         """The brush tool: the painter shown in the canvas's place, on the same picture."""
         self.chat = [ui.state, ui.chatbot, ui.question]
         """An answer: the conversation, and the question box emptied."""
+        self.generation = [ui.max_tokens, ui.sample, ui.temperature, ui.top_p, ui.seed]
+        """The generation settings, as `pixelrefer.serve.flags.generation_settings` reads them."""
+        self.restored = [*self.media, ui.token, *self.generation]
+        """A page load: the work the browser's token names, the token, the settings of its last answer."""
+
+    def held(self, ws: Workspace | None) -> Workspace | None:
+        """What this tab's state keeps: `ws`, unless another tab of the browser took the work over."""
+        return ws if self.visitors is None else self.visitors.holds(ws)
 
     def after_marking(self, ws: Workspace | None, message: str = "") -> dict:
         """Canvas, chips, object picker, the status line and the quick actions."""
@@ -36,7 +46,7 @@ class Views:
         picked = ws.target if ws is not None and ws.target is not None else render.NEW_OBJECT
         describe, relate = render.describe_label(ws), render.relate_label(ws)
         return {
-            ui.state: ws,
+            ui.state: self.held(ws),
             ui.canvas: ws.canvas() if ws is not None and ws.kind != "none" else None,
             ui.chips: render.chips(ws),
             ui.picked: gr.update(choices=render.object_choices(ws), value=picked),
@@ -63,7 +73,20 @@ class Views:
         return {**self.after_marking(ws, message), **clip, ui.chatbot: render.history(ws)}
 
     def after_answer(self, ws: Workspace, messages: list[dict]) -> dict:
-        return {self.ui.state: ws, self.ui.chatbot: messages, self.ui.question: ""}
+        return {self.ui.state: self.held(ws), self.ui.chatbot: messages, self.ui.question: ""}
+
+    def settings(self, ws: Workspace | None) -> dict:
+        """The generation settings of the workspace's last answer (none before its first)."""
+        saved = getattr(ws, "page_settings", None) or {}
+        ui = self.ui
+        shown = {
+            ui.max_tokens: saved.get("max_new_tokens"),
+            ui.sample: saved.get("sample"),
+            ui.temperature: gr.update(value=saved.get("temperature"), interactive=bool(saved.get("sample"))),
+            ui.top_p: gr.update(value=saved.get("top_p"), interactive=bool(saved.get("sample"))),
+            ui.seed: saved.get("seed"),
+        }
+        return shown if saved else {}
 
     def restore_chat(self, ws: object, *args: object, message: str) -> dict:
         """After a refused or failed answer: the conversation as it stands, the question kept for editing."""

@@ -65,6 +65,8 @@ class Workspace:
         self.target: int | None = None
         self.marks: dict[int, dict[int, Prompt]] = {}
         self.tracked = False
+        self.page_settings: dict = {}
+        """The generation settings of the last answer, for the page to show again after a reload."""
         self._shown: tuple[np.ndarray, np.ndarray] | None = None
         self._folder: Path | None = None
         self._remove_folder: weakref.finalize | None = None
@@ -347,7 +349,9 @@ class Workspace:
         objects, the draft mask and the marks in progress drawn on it."""
         masks, colors = self._shown_masks()
         shown = self._display_frame()
-        return draw_canvas(shown, self.frame.shape, masks, colors, self.draft.prompt, self.draft.corner)
+        return draw_canvas(
+            shown, self.frame.shape, masks, colors, self.draft.prompt, self.draft.corner, picked=self.target
+        )
 
     def from_display(self, x: float, y: float) -> tuple[float, float]:
         """A point clicked on the canvas picture, in the frame's pixels."""
@@ -362,15 +366,16 @@ class Workspace:
         return self._shown[1]
 
     def _shown_masks(self) -> tuple[dict, dict]:
-        """The masks drawn on this frame with their colour indices: every object's but the one being
-        re-marked, and the draft's."""
+        """The masks drawn on this frame with their colour indices: every object's (the picked one's shown
+        highlighted, `draw_canvas`), the draft's in place of the object it re-marks."""
         masks, colors = {}, {}
+        draft = self.draft.result
+        drafting = draft is not None and not draft.empty
         for obj in self.objects():
-            if self.frame_index in obj.masks and obj.id != self.target:
+            if self.frame_index in obj.masks and not (drafting and obj.id == self.target):
                 masks[obj.id] = obj.masks[self.frame_index]
                 colors[obj.id] = obj.color_index
-        draft = self.draft.result
-        if draft is not None and not draft.empty:
+        if drafting:
             label = self.target if self.target is not None else "new"
             masks[label] = draft.mask
             colors[label] = self._session().get(self.target).color_index if self.target is not None else 11
