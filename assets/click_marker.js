@@ -9,6 +9,32 @@
   const QUEUED_FOR_MS = 20000;
   const ANSWER_WITHIN_MS = 15000;
 
+  // Which page events the browser sent, by the index Gradio gives them: a click on the canvas is a "select"
+  // event; one the page never sent (it arrived while a new picture was being set) is kept and replayed.
+  let selectSentAt = 0;
+  const canvasSelect = () => {
+    const config = window.gradio_config;
+    if (!config) return -1;
+    const canvas = (config.components || []).find((c) => c.props && c.props.elem_id === "canvas");
+    if (!canvas) return -1;
+    return (config.dependencies || []).findIndex((d) =>
+      (d.targets || []).some((t) => t[0] === canvas.id && t[1] === "select"));
+  };
+  const fetchAsSent = window.fetch;
+  window.fetch = function (input, init) {
+    try {
+      const url = typeof input === "string" ? input : input.url;
+      if (url.includes("/queue/join") && init && typeof init.body === "string") {
+        const body = JSON.parse(init.body);
+        if (body.fn_index === canvasSelect()) selectSentAt = Date.now();
+      }
+    } catch (error) {
+      // not a request this script follows
+    }
+    return fetchAsSent.apply(this, arguments);
+  };
+  const SENT_WITHIN_MS = 700;
+
   const toolColour = () => {
     const tool = document.querySelector("#tool input:checked");
     return COLOURS[tool ? tool.value : ""];
@@ -49,18 +75,27 @@
     return marker;
   };
 
-  // A click on a picture being placed: replayed once the new picture is shown and nothing covers it.
-  const queue = (event, img, colour) => {
+  // Where a click fell on the picture, as fractions of it (null outside the picture).
+  const fractions = (event, img) => {
     const box = drawn(img);
     const fx = (event.clientX - box.left) / box.width, fy = (event.clientY - box.top) / box.height;
-    if (fx < 0 || fx > 1 || fy < 0 || fy > 1) return;
+    return fx >= 0 && fx <= 1 && fy >= 0 && fy <= 1 ? { fx, fy } : null;
+  };
+
+  // A click on a picture being placed: replayed once the new picture is shown and nothing covers it.
+  const queue = (event, at, source, colour, waitForNewPicture) => {
+    if (!at) return;
+    const { fx, fy } = at;
     const canvas = document.querySelector("#canvas");
     const marker = showMarker(canvas, event.clientX, event.clientY, colour, true);
     say("The picture is still being placed: your click will be applied as soon as it is shown.");
     const started = Date.now();
     const timer = setInterval(() => {
       const picture = document.querySelector("#canvas img");
-      const ready = picture && picture.complete && picture.naturalWidth > 0 && !document.querySelector(COVER);
+      const placed = !waitForNewPicture || (picture && picture.getAttribute("src") !== source)
+        || Date.now() - started > 5000;
+      const ready = placed && picture && picture.complete && picture.naturalWidth > 0
+        && !document.querySelector(COVER);
       if (!ready && Date.now() - started < QUEUED_FOR_MS) return;
       clearInterval(timer);
       marker.remove();
@@ -86,7 +121,7 @@
       const img = canvas.querySelector("img");
       const covered = document.querySelector(COVER);
       if (covered && img && img.naturalWidth > 0 && event.isTrusted) {
-        queue(event, img, colour);
+        queue(event, fractions(event, img), img.getAttribute("src"), colour, false);
         return;
       }
       const picture = event.target.closest("#canvas img");
@@ -94,7 +129,16 @@
       const holder = picture.parentElement;
       const marker = showMarker(holder, event.clientX, event.clientY, colour, false);
       const source = picture.getAttribute("src");
+      const clickedAt = Date.now();
+      const at = fractions(event, picture);
       let answered = false;
+      if (event.isTrusted) {
+        setTimeout(() => {
+          if (answered || selectSentAt >= clickedAt || canvasSelect() < 0) return;
+          done(); // the page did not send this click: kept, and applied once the new picture is there
+          queue(event, at, source, colour, true);
+        }, SENT_WITHIN_MS);
+      }
       const done = () => {
         answered = true;
         marker.remove();
