@@ -90,9 +90,10 @@ def canvas_panel(settings: AppSettings, examples: Sequence[Example], ui: SimpleN
         height=440, transforms=[], brush=gr.Brush(colors=["#ff00ff"], default_size=12, color_mode="fixed"),
         elem_id="painter", format="jpeg",
     )  # fmt: skip
-    examples_strip(examples, ui)
     marking_tools(ui)
-    clip_bar(settings, ui)
+    clip_timeline(ui)
+    examples_strip(examples, ui)
+    clip_opener(settings, ui)
 
 
 def marking_tools(ui: SimpleNamespace) -> None:
@@ -108,13 +109,18 @@ def marking_tools(ui: SimpleNamespace) -> None:
     ui.mark_info = gr.Markdown(elem_id="mark-info")
 
 
-def clip_bar(settings: AppSettings, ui: SimpleNamespace) -> None:
-    """The clip timeline (frame, Track, Cancel, tracked preview), shown for clips only; the clip opener."""
+def clip_timeline(ui: SimpleNamespace) -> None:
+    """The clip timeline (frame, Track, Cancel) under the tools, shown for clips only (the tracked preview
+    is beside the canvas, `objects_panel`)."""
     with gr.Group(visible=False, elem_id="clip-bar") as ui.clip_bar:
         ui.frame = gr.Slider(label="Frame (sampled)", minimum=0, maximum=1, step=1, value=0, elem_id="frame")
         with gr.Row():
             ui.track = gr.Button("Track objects through the clip", variant="primary", size="sm")
             ui.cancel = gr.Button("Cancel tracking", size="sm")
+
+
+def clip_opener(settings: AppSettings, ui: SimpleNamespace) -> None:
+    """A small "Open a clip" button with the clip limits beside it."""
     with gr.Row(equal_height=True, elem_id="clip-open"):
         ui.open_clip = gr.UploadButton(
             "Open a clip", file_types=["video"], type="filepath", size="sm", scale=0, min_width=110,

@@ -552,6 +552,12 @@ def test_clip_example_opens_the_clip_view(page: Page, preview_app: PreviewApp) -
     expect(page.get_by_role("button", name="Track objects through the clip")).to_be_visible()
     expect(page.locator("#overlay video")).to_have_count(1)
     assert len(object_tags(page)) == len(clip_example.objects)
+    # The tracked preview sits beside the canvas, on the first screen of a desktop.
+    bottom = page.evaluate(
+        "document.querySelector('#overlay video').getBoundingClientRect().bottom + scrollY"
+    )
+    assert bottom < VIEWPORT["height"], f"the tracked preview ends {bottom:.0f} px down"
+    save_screenshot(page, "clip_example")
 
 
 def test_the_click_point_shows_before_the_mask(
