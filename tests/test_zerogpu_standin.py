@@ -48,6 +48,13 @@ def test_model_work_only_inside_a_call(seen):
 
 def test_results_must_be_plain_cpu_data(seen):
     assert seen["module_result"] == "Error: ModuleResult"
+    assert seen["device_tensor_result"] == "Error: CUDATensorResult"
+    # What is checked is what crosses: an object whose `__getstate__` leaves its module behind comes back.
+    assert seen["getstate_result"] == {"value": 3}
+
+
+def test_the_mode_reads_as_the_real_package_says_it(seen):
+    assert seen["real_config_layout"] is True
 
 
 def test_errors_map_as_zerogpu_maps_them(seen):

@@ -30,6 +30,26 @@ def give_module() -> torch.nn.Module:
     return layer
 
 
+class Holder:
+    """Holds a module but pickles without it, as a chat session does."""
+
+    def __init__(self) -> None:
+        self.layer, self.value = layer, 3
+
+    def __getstate__(self) -> dict:
+        return {"value": self.value}
+
+
+@spaces.GPU
+def give_holder() -> Holder:
+    return Holder()
+
+
+@spaces.GPU
+def give_device_tensor() -> torch.Tensor:
+    return torch.empty(2, device="meta")  # stands in for a CUDA tensor: not on the CPU
+
+
 @spaces.GPU
 def fail() -> None:
     raise KeyError("inner detail")
@@ -82,6 +102,9 @@ results["mutate_returns"] = mutate(box)
 results["mutation_came_back"] = "changed" in box
 results["forward_in_call"] = list(forward(torch.ones(1, 4)).shape)
 results["module_result"] = outcome(give_module)
+results["device_tensor_result"] = outcome(give_device_tensor)
+results["getstate_result"] = vars(give_holder())
+results["real_config_layout"] = spaces.config.Config.zero_gpu
 results["plain_error"] = outcome(fail)
 results["visitor_error"] = outcome(fail_for_visitor)
 results["stream"] = list(stream(4))

@@ -39,7 +39,8 @@ from types import SimpleNamespace
 
 import torch
 
-config = SimpleNamespace(zero_gpu=True)
+config = SimpleNamespace(zero_gpu=True, Config=SimpleNamespace(zero_gpu=True))
+"""The real package's `spaces.config.Config.zero_gpu` (and the shorter `config.zero_gpu`)."""
 
 _FORK = multiprocessing.get_context("fork")
 _PARENT = os.getpid()
