@@ -295,3 +295,34 @@ def test_the_openai_server_answers_through_the_engine(models: dict, engines: dic
         server.should_exit = True
         thread.join(timeout=10)
         service.close()
+
+
+def test_eval_run_predictions_equal_between_engines(
+    models: dict, engines: dict, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`eval run --engine vllm --engine-url` (the rest of eval's tests: test_eval_*.py) on this module's vLLM
+    server gives the transformers engine's predictions (float32, greedy) for every item; its own server would
+    cost another ~110 s."""
+    from pixelrefer.cli import main
+    from pixelrefer.eval.rows import read_rows
+
+    from . import eval_data as data
+
+    monkeypatch.setenv("PIXELREFER_CACHE", str(tmp_path / "cache"))  # the export goes here, not to ~/.cache
+    media = data.media_root(tmp_path / "media")
+    annotations = data.videorefer_q(tmp_path / "q.json")
+    predictions = {}
+    for engine in ("transformers", "vllm"):
+        out = tmp_path / f"{engine}.jsonl"
+        argv = ["eval", "run", "videorefer-q", "--annotations", str(annotations), "--media-root", str(media)]
+        argv += ["--model", str(models["full"].folder), "--out", str(out), "--device", "cpu"]
+        argv += ["--dtype", "float32", "--max-new-tokens", "12", "--engine", engine]
+        if engine == "vllm":
+            argv += ["--engine-url", engines["full"].url]
+        assert main(argv) == 0
+        rows = list(read_rows(out))
+        assert [r["provenance"]["engine"] for r in rows] == [engine] * 3
+        predictions[engine] = [(r["id"], r["prediction"], r["finish_reason"]) for r in rows]
+    assert all(len(text) > 3 for _, text, _ in predictions["transformers"])
+    assert sorted(predictions["vllm"]) == sorted(predictions["transformers"])
+    assert engines["full"]._server.process.poll() is None  # a server given by URL is left running
