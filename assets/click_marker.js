@@ -35,6 +35,32 @@
   };
   const SENT_WITHIN_MS = 700;
 
+  // New media on its way (a file given to the canvas or the clip opener, an example tapped): until the
+  // server's answer rewrites the status line, the picture shown is not yet the one clicks are made on.
+  let mediaPending = false;
+  const mediaStarted = () => {
+    mediaPending = true;
+    const info = document.querySelector("#mark-info");
+    if (!info) return;
+    const before = info.innerText;
+    const watch = new MutationObserver(() => {
+      if (info.innerText === before) return;
+      watch.disconnect();
+      requestAnimationFrame(() => { mediaPending = false; });
+    });
+    watch.observe(info, { subtree: true, childList: true, characterData: true });
+    setTimeout(() => { watch.disconnect(); mediaPending = false; }, QUEUED_FOR_MS);
+  };
+  document.addEventListener("change", (event) => {
+    if (event.target.matches && event.target.matches("#canvas input[type=file], input[type=file][accept*=video]")) mediaStarted();
+  }, true);
+  document.addEventListener("drop", (event) => {
+    if (event.target.closest && event.target.closest("#canvas")) mediaStarted();
+  }, true);
+  document.addEventListener("click", (event) => {
+    if (event.isTrusted && event.target.closest && event.target.closest("#examples .thumbnail-item")) mediaStarted();
+  }, true);
+
   const toolColour = () => {
     const tool = document.querySelector("#tool input:checked");
     return COLOURS[tool ? tool.value : ""];
@@ -92,8 +118,8 @@
     const started = Date.now();
     const timer = setInterval(() => {
       const picture = document.querySelector("#canvas img");
-      const placed = !waitForNewPicture || (picture && picture.getAttribute("src") !== source)
-        || Date.now() - started > 5000;
+      const placed = !mediaPending && (!waitForNewPicture || (picture && picture.getAttribute("src") !== source)
+        || Date.now() - started > 5000);
       const ready = placed && picture && picture.complete && picture.naturalWidth > 0
         && !document.querySelector(COVER);
       if (!ready && Date.now() - started < QUEUED_FOR_MS) return;
@@ -119,7 +145,7 @@
       const colour = toolColour();
       if (!colour) return;
       const img = canvas.querySelector("img");
-      const covered = document.querySelector(COVER);
+      const covered = document.querySelector(COVER) || mediaPending;
       if (covered && img && img.naturalWidth > 0 && event.isTrusted) {
         queue(event, fractions(event, img), img.getAttribute("src"), colour, false);
         return;

@@ -196,3 +196,16 @@ def test_model_panel_cells_show_tildes_and_markup_as_text() -> None:
     cell = _markdown_cell("PixelRefer-2B (~7.3 GiB), PixelRefer-7B (~30.0 GiB) *x* <b>|")
     assert "\\~7.3" in cell and "\\~30.0" in cell and "\\*x\\*" in cell and "&lt;b&gt;" in cell
     assert "\\|" in cell
+
+
+def test_a_new_workspace_of_the_same_tab_is_the_tokens(pages) -> None:
+    """After the canvas's × (a new workspace for the same tab), a reload finds the new one; a stale tab's
+    new workspace never replaces the work another tab holds."""
+    _, token = pages.open("tab", "")
+    pages.make("tab")
+    fresh = pages.make("tab")
+    assert pages.open("tab-reloaded", token)[0] is fresh
+    after_reload = pages.make("tab-reloaded")
+    assert pages.open("tab-again", token)[0] is after_reload
+    pages.make("tab")  # the first, stale tab: refused by `check` in the app; here, it takes nothing over
+    assert pages.open("tab-last", token)[0] is after_reload

@@ -84,7 +84,7 @@ class Visitors:
         self._lock = threading.RLock()
         self._visits: dict[str, _Visit] = {}
         self._waiting: OrderedDict[str, str] = OrderedDict()
-        """Session -> digest of the token it was given at load, until its first workspace is made."""
+        """Session -> digest of the token it showed or was given at load: the workspaces it makes are held so."""
         self._moved: OrderedDict[str, float] = OrderedDict()
         """Sessions whose workspace another session took over."""
         self._sweeper: threading.Thread | None = None
@@ -110,19 +110,23 @@ class Visitors:
                 return None, token
             previous, visit.session, visit.used = visit.session, session, self.clock()
             self._moved.pop(session, None)
+            _remember(self._waiting, session, digest)  # a workspace made here later (after ×) is the token's
             if previous != session:
                 _remember(self._moved, previous, visit.used)
                 self._empty_state(previous, visit.ws)
             return visit.ws, str(token)
 
     def adopt(self, ws: Workspace) -> None:
-        """A workspace just made for the current session: held by the token the session got at load."""
+        """A workspace just made for the current session: held by the token the session got at load, in place
+        of the one the token held before in this session (the canvas's × starts a new workspace; an event
+        refused before its workspace was kept makes one that is replaced so)."""
         session = current_session()
         if session is None:
             return
         with self._lock:
-            digest = self._waiting.pop(session, None)
-            if digest is not None and digest not in self._visits:
+            digest = self._waiting.get(session)
+            held = self._visits.get(digest) if digest is not None else None
+            if digest is not None and (held is None or held.session == session):
                 self._visits[digest] = _Visit(ws, session, self.clock())
                 self._start_sweeper()
 
