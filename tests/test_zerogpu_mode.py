@@ -11,7 +11,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pixelrefer import ChatSession, PixelRefer
+from pixelrefer import ChatSession, InputError, PixelRefer
+from pixelrefer.chat.limits import ChatLimits
+from pixelrefer.media.limits import LimitExceeded
 from pixelrefer.model.generation import GenerationSettings
 from pixelrefer.serve.service import AppSettings
 from pixelrefer.serve.zerogpu import answer_duration, environment_says_zero_gpu, track_duration
@@ -76,14 +78,27 @@ def test_forced_zerogpu_without_spaces_answers_inline_as_local_calls(model: Pixe
     assert [e.answer_ids for e in local.history] == [e.answer_ids for e in zero.history]
 
 
-def test_an_error_in_a_call_comes_back_with_its_class_and_message(model: PixelRefer) -> None:
-    from pixelrefer import InputError
-
-    session = image_session(model)
+def test_a_refused_request_costs_no_call(model: PixelRefer) -> None:
+    """The request's checks run in the caller, as in the normal mode: refused before any GPU call."""
+    calls, session = ZeroGpuCalls(SimpleNamespace(model=None)), image_session(model)  # a call would fail
     with pytest.raises(InputError, match="is not a marked object"):
-        ChatSession.final(
-            ZeroGpuCalls(SimpleNamespace(model=model)).answer(session, "ask", ("<object9>?",), GREEDY)
-        )
+        calls.answer(session, "ask", ("<object9>?",), GREEDY)
+    with pytest.raises(InputError, match="no answer to regenerate"):
+        calls.answer(session, "regenerate", (), GREEDY)
+    ChatSession.final(LocalCalls(None).answer(session, "ask", ("What is <object1>?",), GREEDY))
+    calls.answer(session, "regenerate", (), GREEDY).close()  # checked on a copy: nothing taken off
+    assert len(session.history) == 1
+
+
+def test_an_error_in_a_call_comes_back_with_its_class_and_message(model: PixelRefer) -> None:
+    """Found only in the call (the prompt is over the limit): raised here as itself, not ZeroGPU's bare name."""
+    session = image_session(model, limits=ChatLimits(max_prompt_tokens=50))
+    replies = ZeroGpuCalls(SimpleNamespace(model=model)).answer(
+        session, "ask", ("What is <object1>?",), GREEDY
+    )
+    with pytest.raises(LimitExceeded, match="the limit is 50 prompt tokens"):
+        ChatSession.final(replies)
+    assert session.history == []
 
 
 def test_stop_ends_the_answer_of_a_call(model: PixelRefer) -> None:

@@ -26,6 +26,7 @@ Without `spaces` (ZeroGPU forced on a plain machine) the same functions run inli
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import pickle
@@ -212,6 +213,15 @@ def _track_in_worker(
 # ---------------------------------------------------------------------- in the caller
 
 
+def _check_request(session: ChatSession, kind: str, args: tuple, settings: GenerationSettings) -> None:
+    """The request's own checks (the question, the object, the limits), here and now as in the normal mode,
+    so a refused request costs no GPU call. They run on a shallow copy with its own history (regenerate takes
+    the last answer off it); the answer they return is never started, so no model work runs."""
+    dry = copy.copy(session)  # through `__getstate__`: the copy has no caches and shares no locks
+    dry.model, dry.history = session.model, list(session.history)
+    getattr(dry, kind)(*args, settings).close()
+
+
 class ZeroGpuCalls:
     """The model work in one `@spaces.GPU` call per action, with plain CPU data in and out."""
 
@@ -245,6 +255,7 @@ class ZeroGpuCalls:
     ) -> Iterator[Reply]:
         """The replies of `session.<kind>(*args, settings)` computed in a worker; the session adopts the
         conversation the worker ended with before the last reply comes."""
+        _check_request(session, kind, args, settings)
         stop_file = self._stop_file()
         action = Action(kind, tuple(args), session.model.source, str(stop_file))
         return self._answering(session, action, settings, stop_file)
