@@ -191,25 +191,6 @@ def test_clients_do_not_share_a_workspace(preview_app: PreviewApp, client: Clien
     assert client.predict("What is <object1>?", TOKENS, api_name="/ask").strip()
 
 
-def test_gpu_durations_read_each_events_own_arguments(preview_app: PreviewApp, media: dict) -> None:
-    """On a ZeroGPU Space `spaces.GPU` calls the duration with the event's arguments, in the event's order."""
-    from pixelrefer.serve.zerogpu import answer_duration, regenerate_duration, track_duration
-
-    ws = Workspace(preview_app.service)
-    try:
-        ws.open_video(media["clip"].path)
-        # send_stream(ws, question, max_new_tokens, sample, temperature, top_p, seed): longer answers, more time.
-        assert answer_duration(ws, "q", 4096, False, 0.2, 0.9, 1) > answer_duration(ws, "q", 64, False)
-        # regenerate_stream(ws, max_new_tokens, sample, ...): the token count, not the sampling flag.
-        assert regenerate_duration(ws, 4096, True, 0.2, 0.9, 1) == answer_duration(ws, "q", 4096)
-        # /describe_region(image, mask, max_new_tokens, seed): file paths, not a workspace.
-        image, mask = str(media["scene"].path), str(media["disc"])
-        assert answer_duration(image, mask, 256, 1234) == answer_duration(None, "", 256)
-        assert track_duration(ws) > track_duration(None)
-    finally:
-        ws.close()
-
-
 def test_a_large_photo_is_marked_on_a_display_copy(preview_app: PreviewApp, media: dict) -> None:
     """The canvas shows a copy at most `DISPLAY_SIDE` px long, cheap to draw and send on every click; a click
     on it (the page reports the shown picture's pixels) lands on the frame's own pixels, the mask is at the

@@ -46,6 +46,8 @@ def test_durations_are_computed_from_each_call(model: PixelRefer) -> None:
         answer_duration(session, None, GenerationSettings(max_new_tokens=2000)),
     )
     assert isinstance(short, int) and short < long <= 300
+    clip = SimpleNamespace(clip=[None] * 16)  # a session's state on a 16-frame clip: more to encode
+    assert answer_duration(clip, None, GREEDY) > short
     assert track_duration([None] * 4, {}) < track_duration([None] * 16, {})
 
 
