@@ -27,6 +27,7 @@ from pixelrefer.chat.limits import ChatLimits
 from pixelrefer.chat.session import ChatSession, Exchange
 from pixelrefer.model.generation import GenerationSettings
 from pixelrefer.model.synthetic import build_checkpoint
+from pixelrefer.serve.budget import FULL_MESSAGE
 from pixelrefer.serve.render import history
 from pixelrefer.serve.service import AppSettings, Service
 from pixelrefer.serve.workspace import Workspace
@@ -36,7 +37,7 @@ from .corpus import BASE_SIZE, Corpus, middle_mask
 if TYPE_CHECKING:
     from .conftest import PreviewApp  # the fixture's type; only for annotations
 
-OOM_MESSAGE = "The server ran out of memory for this request; try a smaller clip or fewer tokens."
+OOM_MESSAGE = FULL_MESSAGE  # issue 16: an allocator's out-of-memory in a visitor's action is 'server full'
 SHORT = GenerationSettings(max_new_tokens=6)
 
 
@@ -50,15 +51,15 @@ def answer(replies) -> Exchange:
 
 @pytest.fixture()
 def releases(preview_app: PreviewApp, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the app's calls of `Service.release_memory` (and still releases)."""
+    """Counts the app's calls of `MemoryBudget.recover` (and still frees everything)."""
     calls: list[int] = []
-    release = preview_app.service.release_memory
+    recover = preview_app.service.budget.recover
 
-    def counted() -> None:
+    def counted(ws: Workspace | None) -> None:
         calls.append(1)
-        release()
+        recover(ws)
 
-    monkeypatch.setattr(preview_app.service, "release_memory", counted)
+    monkeypatch.setattr(preview_app.service.budget, "recover", counted)
     return calls
 
 
