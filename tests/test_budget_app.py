@@ -31,6 +31,7 @@ def test_a_full_server_tells_the_visitor_what_to_do(
     client.predict(image=handle_file(scene.path), api_name="/open")
     assert client.predict(handle_file(mask), 0, api_name="/add_object") == "<object1>"
     budget = preview_app.service.budget
+    budget.free()  # else the earlier tests' visitors' caches (one app for the session) are dropped to make room
     budget.limits = {"cpu": budget.usage()["cpu"]}
     bigger = write_scene_image(tmp_path, 960, 720)
     with pytest.raises(AppError, match="The server is full right now: try a shorter clip"):
