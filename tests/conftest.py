@@ -148,6 +148,7 @@ def preview_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp
         preview_dir=tmp_path_factory.mktemp("app-preview"),
         max_new_tokens=APP_PREVIEW_MAX_NEW_TOKENS,
         http=clients,
+        ram_budget_gb=8.0,  # fixed: the default follows free memory, which a busy host makes too small
     )
     service = Service(settings).start()
     assert service.preview, f"the app should fall back to its offline preview, not serve {service.requested}"

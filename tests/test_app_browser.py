@@ -476,12 +476,14 @@ def test_clip_marked_on_a_middle_frame_tracked_and_asked(page: Page, clip: Scene
     source = video.get_attribute("src")
     assert source
     overlay = download(page, source, tmp_path / "overlay.mp4")
-    info = probe_video(overlay)
-    assert info.n_frames == len(sampled) and (info.width, info.height) == clip.size
+    info = probe_video(overlay)  # every frame of the clip at its own rate, tinted with the nearest sampled mask
+    assert (info.n_frames, info.width, info.height) == (len(clip.centres), *clip.size)
+    assert info.fps == pytest.approx(clip.fps)
+    raw_frames = read_frames(clip.path, range(info.n_frames))
     red = object_color(0)[0]
     for position, drawn in enumerate(read_frames(overlay, range(info.n_frames))):
-        disc = clip.disc(sampled.indices[position])
-        raw = sampled.frames[position].astype(float)
+        disc = clip.disc(min(sampled.indices, key=lambda f: (abs(f - position), f)))
+        raw = raw_frames[position].astype(float)
         tinted = drawn.astype(float)
         inside = tinted[disc].mean(axis=0) - raw[disc].mean(axis=0)
         # 45 % of the object's colour over the disc: red rises by about 0.45 * (230 - 20).

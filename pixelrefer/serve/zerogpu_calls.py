@@ -109,8 +109,9 @@ class _Raised:
     def of(cls, error: BaseException) -> _Raised:
         if not isinstance(error, InputError):
             _log.error("Model call failed in the worker", exc_info=error)
-        try:
-            pickle.loads(pickle.dumps(error))
+        try:  # what crossing needs: it pickles, and it is rebuilt from its reduction (as unpickling does)
+            pickle.dumps(error)
+            copy.copy(error)
         except Exception:  # an exception that does not survive pickling comes back as its text
             error = RuntimeError(f"{type(error).__name__}: {error}")
         return cls(error)
