@@ -476,7 +476,8 @@ def test_clip_marked_on_a_middle_frame_tracked_and_asked(page: Page, clip: Scene
     source = video.get_attribute("src")
     assert source
     overlay = download(page, source, tmp_path / "overlay.mp4")
-    info = probe_video(overlay)  # every frame of the clip at its own rate, tinted with the nearest sampled mask
+    # Every frame of the clip at its own rate, tinted with the nearest sampled frame's mask.
+    info = probe_video(overlay)
     assert (info.n_frames, info.width, info.height) == (len(clip.centres), *clip.size)
     assert info.fps == pytest.approx(clip.fps)
     raw_frames = read_frames(clip.path, range(info.n_frames))
