@@ -236,6 +236,7 @@ def set_max_tokens(page: Page, value: int) -> None:
     field = page.get_by_label("number input for Max new tokens")
     field.fill(str(value))
     field.blur()
+    expect(field).to_have_value(str(value))
 
 
 def object_tags(page: Page) -> list[str]:
