@@ -234,8 +234,15 @@ def open_panel(page: Page, elem_id: str) -> None:
 def set_max_tokens(page: Page, value: int) -> None:
     open_panel(page, "generation-settings")
     field = page.get_by_label("number input for Max new tokens")
-    field.fill(str(value))
-    field.blur()
+    for _ in range(5):  # a value typed while an earlier event's answer re-renders the panel can be lost
+        field.fill(str(value))
+        field.press("Enter")
+        field.blur()
+        try:
+            expect(field).to_have_value(str(value), timeout=2000)
+            return
+        except AssertionError:
+            continue
     expect(field).to_have_value(str(value))
 
 
