@@ -1,7 +1,10 @@
 """SAM's image embedding computed in the background when a picture or frame is shown (`pixelrefer.serve.prefetch`):
 the first click then runs only the decoder; moving on cancels; a model event pauses it; the memory budget bounds
 it; a click during the computation waits for it (one encoder run); masks are the same with and without it.
-The tiny random SAM 2.1 of `tests/sam_builders.py`; encoder and decoder runs counted with forward hooks."""
+The order between it and the chat warm-up (`pixelrefer.chat.background`): a warm-up for a visitor with objects
+goes first, the embedding next, a warm-up of a picture with no object last; a click needing the embedding gets
+it at once whatever waits. The tiny random SAM 2.1 of `tests/sam_builders.py`; encoder and decoder runs counted
+with forward hooks; the order with fake jobs that log their steps, held by events at known points."""
 
 from __future__ import annotations
 
@@ -15,12 +18,15 @@ import numpy as np
 import pytest
 import torch
 
+from pixelrefer.chat.background import Background, Job, Rank, Worker
+from pixelrefer.chat.gate import Gate
+from pixelrefer.chat.warmup import Warmer
 from pixelrefer.segment.sam import Sam2Segmenter
 from pixelrefer.serve.budget import drop_sam
 from pixelrefer.serve.service import AppSettings, Service
 from pixelrefer.serve.workspace import Workspace
 
-from .conftest import fixtures_root
+from .conftest import fixture_case, fixture_mask, fixtures_root
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +272,241 @@ def test_it_is_off_with_the_flag_and_on_zero_gpu(tmp_path: Path) -> None:
     assert not zero.prefetcher.enabled
     zero.prefetcher.show("visitor", picture(10))
     assert zero.prefetcher.wait(1) and zero.prefetcher.report("visitor") is None
+
+
+# ---------------------------------------------------------------------- who computes first
+
+
+class Steps(Job[str]):
+    """A fake background job: `steps` pause points, each logged as name + step once passed; `hold` (when given)
+    keeps it inside its first step until set. `waited` is set when it had to wait for its turn."""
+
+    def __init__(self, name: str, rank: Rank, log: list[str], hold: threading.Event | None = None) -> None:
+        super().__init__(None, rank)
+        self.name, self.log, self.hold = name, log, hold
+        self.started, self.waited = threading.Event(), threading.Event()
+
+    def wait_turn(self, alive=None) -> None:
+        self.waited.set()
+        super().wait_turn(alive)
+
+    def run(self) -> str:
+        for step in range(3):
+            self.checkpoint()
+            self.log.append(f"{self.name}{step}")
+            if step == 0:
+                self.started.set()
+                if self.hold is not None:
+                    assert self.hold.wait(30)
+        return "done"
+
+    def failed(self, reason: str) -> str:
+        return reason
+
+
+@pytest.fixture
+def workers() -> Iterator[tuple[Gate, Worker, Worker]]:
+    """A gate and two workers on it, as the Service has them: the warm-up's and the embedding's."""
+    gate = Gate()
+    background = Background(gate)
+    warm, embed = Worker(background, "test-warm-up"), Worker(background, "test-embedding")
+    yield gate, warm, embed
+    warm.close()
+    embed.close()
+
+
+def test_the_embedding_yields_to_a_warm_up_for_a_visitor_with_objects(workers) -> None:
+    """The question comes next there: the embedding stops at its next operation until the warm-up is done."""
+    _, warm, embed = workers
+    log, hold_embed, hold_warm = [], threading.Event(), threading.Event()
+    embedding = Steps("e", Rank.CLICK, log, hold_embed)
+    embed.submit("picture shown", embedding)
+    assert embedding.started.wait(30)
+    warm_up = Steps("w", Rank.QUESTION, log, hold_warm)
+    warm.submit("objects marked", warm_up)  # it starts at once: nothing above it
+    assert warm_up.started.wait(30)
+    hold_embed.set()
+    assert embedding.waited.wait(30)  # its next operation waits
+    assert log == ["e0", "w0"]
+    hold_warm.set()
+    assert warm.wait(30) and embed.wait(30)
+    assert log == ["e0", "w0", "w1", "w2", "e1", "e2"]
+    assert embed.report("picture shown") == warm.report("objects marked") == "done"
+
+
+def test_a_warm_up_with_no_object_yields_to_the_embedding_and_a_question_behind_it_lifts_it(workers) -> None:
+    """A click comes before a question on a fresh picture. A warm-up for objects queued behind the waiting one
+    makes it go on (it cannot be overtaken in its own worker), and the embedding waits for both: no deadlock."""
+    _, warm, embed = workers
+    log, hold_warm, hold_embed = [], threading.Event(), threading.Event()
+    later = Steps("l", Rank.LATER, log, hold_warm)
+    warm.submit("fresh picture", later)
+    assert later.started.wait(30)
+    embedding = Steps("e", Rank.CLICK, log, hold_embed)
+    embed.submit("another picture", embedding)
+    assert embedding.started.wait(30)
+    hold_warm.set()
+    assert later.waited.wait(30)  # its next operation waits for the embedding
+    assert log == ["l0", "e0"]
+    warm.submit("objects marked", Steps("q", Rank.QUESTION, log))
+    hold_embed.set()
+    assert warm.wait(30) and embed.wait(30)
+    assert log == ["l0", "e0", "l1", "l2", "q0", "q1", "q2", "e1", "e2"]
+
+
+def test_without_another_worker_the_order_is_the_embeddings_alone(workers) -> None:
+    _, warm, embed = workers
+    log = []
+    embed.submit("a", Steps("e", Rank.CLICK, log))
+    assert embed.wait(30)
+    warm.submit("b", Steps("l", Rank.LATER, log))
+    assert warm.wait(30)
+    assert log == ["e0", "e1", "e2", "l0", "l1", "l2"]
+
+
+def test_a_worker_takes_the_most_urgent_job_first_then_the_oldest(workers) -> None:
+    gate, warm, _ = workers
+    log = []
+    with gate.event():  # a model event: the first job starts and waits; the others wait in line
+        first = Steps("a", Rank.LATER, log)
+        warm.submit("a", first)
+        assert first.waited.wait(30)
+        for owner, rank in (("b", Rank.LATER), ("c", Rank.QUESTION), ("d", Rank.LATER)):
+            warm.submit(owner, Steps(owner, rank, log))
+        assert log == []
+    assert warm.wait(30)
+    assert [entry[0] for entry in log[::3]] == ["a", "c", "b", "d"]
+
+
+def test_model_events_come_before_every_background_job(workers) -> None:
+    gate, warm, embed = workers
+    log = []
+    with gate.event():
+        jobs = [Steps("w", Rank.QUESTION, log), Steps("e", Rank.CLICK, log)]
+        warm.submit("a", jobs[0])
+        embed.submit("b", jobs[1])
+        assert all(job.waited.wait(30) for job in jobs)
+        assert log == []
+    assert warm.wait(30) and embed.wait(30)
+    assert log == ["w0", "w1", "w2", "e0", "e1", "e2"]
+
+
+class Held:
+    """Holds the warm-up (the worker's thread only) at the first network layer it reaches, until released."""
+
+    def __init__(self, model) -> None:
+        self.reached, self.release = threading.Event(), threading.Event()
+        self._handles = [
+            layer.register_forward_pre_hook(self._hold)
+            for module in model.model.modules()
+            if isinstance(module, torch.nn.ModuleList)
+            for layer in module
+        ]
+
+    def _hold(self, *_) -> None:
+        if threading.current_thread().name == "pixelrefer-warmup":
+            self.reached.set()
+            assert self.release.wait(30)
+
+    def close(self) -> None:
+        self.release.set()
+        for handle in self._handles:
+            handle.remove()
+
+
+@pytest.fixture
+def warming(service: Service, monkeypatch: pytest.MonkeyPatch) -> Iterator[Warmer]:
+    """The service's chat warm-up on, for the tests of the order between it and the embedding."""
+    warmer = Warmer(service.background)
+    monkeypatch.setattr(service, "warmer", warmer)
+    yield warmer
+    warmer.close()
+
+
+def open_with_object(ws: Workspace) -> None:
+    """The fixture's two-object image, with its first object marked (as an example loads)."""
+    folder, case = fixture_case(ws.service.model, "image_2regions")
+    ws.open_image(folder / case["image_file"])
+    ws.session.add_object(fixture_mask(folder / case["mask_files"][0]))
+    ws._warm()
+
+
+def test_in_the_app_a_click_gets_its_embedding_at_once_while_a_question_warms_up(
+    service: Service, fresh, warming: Warmer
+) -> None:
+    """A visitor with objects has their warm-up going; another visitor's picture waits for it, not its click:
+    the click makes the embedding go on at once (one encoder run) while the warm-up is still held."""
+    asker, (clicker, counts) = Workspace(service), fresh
+    held = Held(service.model)
+    results = []
+
+    def warmed() -> bool:
+        report = warming.report(asker)
+        return report is not None and report.stored
+
+    try:
+        service.prefetcher.enabled = False  # only the clicker's picture is embedded here
+        with service.gate.event():  # the warm-up of the picture alone is replaced before it starts
+            open_with_object(asker)
+        service.prefetcher.enabled = True
+        assert held.reached.wait(30)
+        assert not warmed()
+        clicker.open_image(picture(20))
+        assert not service.prefetcher.wait(0.3)  # it waits for the warm-up, encoder not started
+        assert counts.tower == 0
+        thread = threading.Thread(target=lambda: results.append(clicker.click(60, 40, "positive")))
+        thread.start()
+        thread.join(60)
+        assert results and results[0] is not None, "the click waited for the other visitor's warm-up"
+        assert counts.tower == 1
+        assert not warmed()  # still held: the click did not wait for it
+        assert service.prefetcher.report(clicker).clicked_s is not None
+        held.close()
+        assert warming.wait(60) and warmed()
+    finally:
+        held.close()
+        asker.close()
+
+
+def test_in_the_app_a_picture_with_no_object_is_embedded_before_its_warm_up(
+    service: Service, fresh, warming: Warmer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A click comes first on a fresh picture: the warm-up of the media alone waits for SAM's embedding. Both
+    are asked for at once; SAM's encoder is held at its start until the warm-up has been refused its turn with
+    the gate idle."""
+    ws, counts = fresh
+    order, yielded = [], threading.Event()
+    real = Background.turn
+
+    def turn(background: Background, worker: Worker) -> bool:
+        mine = real(background, worker)
+        if worker is warming and not mine and not background.gate.busy:
+            yielded.set()
+        return mine
+
+    def hold(*_) -> None:
+        assert yielded.wait(30), "the warm-up did not wait for the embedding"
+
+    monkeypatch.setattr(Background, "turn", turn)
+    model = service.segmenter.image_model
+    hooks = [
+        model.vision_encoder.register_forward_pre_hook(hold),
+        model.vision_encoder.register_forward_hook(lambda *_: order.append("sam")),
+    ]
+    hooks += [
+        layer.register_forward_pre_hook(lambda *_: order.append("warm-up"))
+        for module in service.model.model.modules()
+        if isinstance(module, torch.nn.ModuleList)
+        for layer in module
+    ]
+    try:
+        with service.gate.event():  # the picture appears: both jobs are queued before either computes
+            folder, case = fixture_case(service.model, "image_2regions")
+            ws.open_image(folder / case["image_file"])
+        assert service.prefetcher.wait(60) and warming.wait(60)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert service.prefetcher.report(ws).stored and warming.report(ws).stored
+    assert order[0] == "sam" and "warm-up" in order
+    assert counts.tower == 1

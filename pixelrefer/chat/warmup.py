@@ -1,48 +1,45 @@
 """Precompute while the visitor marks: the next answer's features, object tokens and prompt-prefix KV cache.
 
 A visitor spends seconds marking before typing. Each change of the media or the objects schedules a job
-(one per workspace, the newest replacing a waiting one) for a single daemon worker owned by the Service.
-The job computes what the next answer's prompt starts with (the vision features, each object's tokens,
-the KV cache of the conversation up to the question) into the chat session's own caches, so the question
-only prefills its own tokens.
+(one per workspace, the newest replacing a waiting one) for the Service's warm-up worker. The job computes
+what the next answer's prompt starts with (the vision features, each object's tokens, the KV cache of the
+conversation up to the question) into the chat session's own caches, so the question only prefills its own
+tokens.
 
 It never competes with a visitor: a `Gate` counts the model events in flight (answers, tracking, clicks) and
-the worker waits at its next torch operation while any runs. A job whose session changed since it was planned
-(`ChatSession.version`) stops at its next operation and stores nothing. Both caches check content (feature
-keys are digests, prefix rows are compared), so even a late result could never be wrong, only wasted. It is
-not a Gradio event, so it does not count against the model queue.
+the worker waits at its next torch operation while any runs. Beside SAM's embedding of a picture just shown
+(`pixelrefer.serve.prefetch`) the rule of `pixelrefer.chat.background` applies: a warm-up for a visitor with
+objects marked goes first (a question comes next), one of media with no object yet goes after the embedding
+(a click comes first). A job whose session changed since it was planned (`ChatSession.version`) stops at its
+next operation and stores nothing. Both caches check content (feature keys are digests, prefix rows are
+compared), so even a late result could never be wrong, only wasted. It is not a Gradio event, so it does not
+count against the model queue.
 
-On a GPU a paused job does not keep what it computed so far (activations, a copy of the KV prefix) beside
-the visitor's answer: it unwinds, freeing all of it, and starts over once the gate is idle (`drop_on_pause`;
-on the CPU it keeps its work and resumes, since memory there is not what runs out first).
+On a GPU a job paused by a model event does not keep what it computed so far (activations, a copy of the KV
+prefix) beside the visitor's answer: it unwinds, freeing all of it, and starts over once the gate is idle
+(`drop_on_pause`; on the CPU it keeps its work and resumes, since memory there is not what runs out first).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from torch.overrides import TorchFunctionMode
 
 from ..model.cache import FeatureCache
 from ..model.processing import Turn
 from ..runtime.errors import InputError
+from .background import Background, Job, PausePoints, Rank, Worker
 from .gate import Cancelled, Gate
 
 if TYPE_CHECKING:
     from .session import ChatSession
 
 __all__ = ["WarmPlan", "WarmReport", "Warmer", "warm_up"]
-
-
-_log = logging.getLogger(__name__)
 
 
 class _Paused(Exception):
@@ -91,45 +88,28 @@ class _Staging(FeatureCache):
             self._shared.put(key, value)
 
 
-class _PausePoints(TorchFunctionMode):
-    """Every torch call of the warm-up's thread first passes `job.checkpoint()`: the worker stops within one
-    operation (a matmul, not a layer) when a model event enters. A torch-function mode is thread-local, so
-    the visitors' own calls on other threads never see it."""
-
-    def __init__(self, job: _Job) -> None:
-        super().__init__()
-        self.job = job
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.job.checkpoint()
-        return func(*args, **(kwargs or {}))
-
-
-class _Job:
+class _Job(Job[WarmReport]):
     def __init__(
         self, session: ChatSession, plan: WarmPlan, gate: Gate | None, drop_on_pause: bool | None = None
     ) -> None:
+        # Objects marked: a question comes next. None yet: marking (SAM's clicks) comes first.
+        super().__init__(gate, Rank.QUESTION if plan.regions else Rank.LATER)
         self.session = session
         self.plan = plan
-        self.gate = gate
-        self.cancelled = threading.Event()
-        self.paused_s = 0.0
         self.restarts = 0
         self.drop_on_pause = drop_on_pause
         """None: when the model is on a GPU."""
 
     def alive(self) -> bool:
-        return not self.cancelled.is_set() and self.session.version == self.plan.version
+        return super().alive() and self.session.version == self.plan.version
 
     def checkpoint(self) -> None:
-        if self.gate is not None and self.gate.busy:
-            if self.drop_on_pause:
-                raise _Paused
-            began = time.perf_counter()
-            self.gate.wait_idle(self.alive)
-            self.paused_s += time.perf_counter() - began
-        if not self.alive():
-            raise Cancelled
+        if self.drop_on_pause and self.gate is not None and self.gate.busy:
+            raise _Paused
+        super().checkpoint()
+
+    def failed(self, reason: str) -> WarmReport:
+        return WarmReport(reason=reason)
 
     def exclusive(self):
         return self.gate.exclusive(self.alive) if self.gate is not None else nullcontext()
@@ -141,7 +121,7 @@ class _Job:
         try:
             while True:
                 try:
-                    with _PausePoints(self):
+                    with PausePoints(self.checkpoint):
                         report = self._run()
                     break
                 except _Paused:
@@ -149,9 +129,7 @@ class _Job:
                 # Waiting outside the handler: the exception's traceback (the attempt's frames, so its
                 # tensors) is gone by now.
                 self.restarts += 1
-                waited = time.perf_counter()
-                self.gate.wait_idle(self.alive)
-                self.paused_s += time.perf_counter() - waited
+                self.wait_turn()
         except Cancelled:
             report = WarmReport(reason="cancelled: the objects or the conversation changed")
         report.seconds = time.perf_counter() - began
@@ -200,99 +178,28 @@ def warm_up(
     return _Job(session, plan, gate, drop_on_pause).run()
 
 
-class Warmer:
-    """The daemon worker: one job at a time, at most one waiting per owner (a workspace), newest first kept.
+class Warmer(Worker[WarmReport]):
+    """The warm-up worker (`pixelrefer.chat.background.Worker`): one job at a time, at most one waiting per
+    owner (a workspace), the most urgent first (objects marked), then the oldest.
 
     `schedule(owner, session)` plans the job on the caller's thread and replaces the owner's waiting one;
     `drop(owner)` forgets it (the workspace closed). `reports` keeps the last report per owner.
     """
 
-    def __init__(self, gate: Gate, *, drop_on_pause: bool | None = None) -> None:
-        self.gate = gate
+    what = "Warm-up"
+
+    def __init__(self, background: Background | Gate, *, drop_on_pause: bool | None = None) -> None:
+        super().__init__(background, "pixelrefer-warmup")
         self.drop_on_pause = drop_on_pause
-        """Whether a paused job frees its work and starts over (None: when the model is on a GPU)."""
-        self._cond = threading.Condition()
-        self._waiting: OrderedDict[int, _Job] = OrderedDict()
-        self._running: tuple[int, _Job] | None = None
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self.reports: dict[int, WarmReport] = {}
+        """Whether a job paused by a model event frees its work and starts over (None: on a GPU)."""
         self.on_stored: Callable[[ChatSession], None] | None = None
         """Called with the session after a warm-up stored its results (the server's memory budget)."""
 
     def schedule(self, owner: object, session: ChatSession | None) -> None:
         plan = session.warm_plan() if session is not None else None
-        with self._cond:
-            self._cancel(id(owner))
-            if plan is None or self._closed:
-                return
-            self._waiting[id(owner)] = _Job(session, plan, self.gate, self.drop_on_pause)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="pixelrefer-warmup", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
+        job = None if plan is None else _Job(session, plan, self.gate, self.drop_on_pause)
+        self.submit(owner, job)
 
-    def _cancel(self, key: int) -> None:
-        waiting = self._waiting.pop(key, None)
-        if waiting is not None:
-            waiting.cancelled.set()
-        if self._running is not None and self._running[0] == key:
-            self._running[1].cancelled.set()
-
-    def drop(self, owner: object) -> None:
-        with self._cond:
-            self._cancel(id(owner))
-            self.reports.pop(id(owner), None)
-
-    def drop_all(self) -> None:
-        """Forget every job (the model is being switched)."""
-        with self._cond:
-            for key in [*self._waiting, *([self._running[0]] if self._running else [])]:
-                self._cancel(key)
-
-    def report(self, owner: object) -> WarmReport | None:
-        return self.reports.get(id(owner))
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until no job waits or runs (tests, benchmarks); False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._waiting or self._running is not None:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    def close(self) -> None:
-        """Stop the worker after its current job (which is cancelled)."""
-        with self._cond:
-            self._closed = True
-            self.drop_all()
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._waiting and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                key, job = self._waiting.popitem(last=False)
-                self._running = (key, job)
-            try:
-                report = job.run()
-            except Exception as exc:  # a failed warm-up costs the visitor nothing: the answer computes it
-                _log.warning("Warm-up failed: %s: %s", type(exc).__name__, exc)
-                report = WarmReport(reason=f"failed: {type(exc).__name__}")
-            if report.stored and self.on_stored is not None:
-                try:
-                    self.on_stored(job.session)
-                except Exception:
-                    _log.exception("The warm-up's after-store hook failed")
-            with self._cond:
-                self._running = None
-                self.reports[key] = report
-                self._cond.notify_all()
+    def finished(self, job: _Job, report: WarmReport) -> None:
+        if report.stored and self.on_stored is not None:
+            self.on_stored(job.session)

@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from ..chat.background import Background
 from ..chat.gate import Gate
 from ..chat.limits import ChatLimits
 from ..chat.warmup import Warmer
@@ -308,7 +309,9 @@ class Service:
         self._lock = threading.Lock()
         self.gate = Gate()
         """The model events in flight (answers, tracking, clicks): the warm-up waits while any runs."""
-        self.warmer = Warmer(self.gate)
+        self.background = Background(self.gate)
+        """Who computes first in the background: the warm-up or SAM's embedding (`pixelrefer.chat.background`)."""
+        self.warmer = Warmer(self.background)
         """Precomputes each workspace's next answer while its visitor marks (`pixelrefer.chat.warmup`)."""
         self.budget = MemoryBudget(
             shared=lambda: sam_holdings(self.segmenter), drop_shared=lambda: drop_sam(self.segmenter)
@@ -322,7 +325,7 @@ class Service:
         if self.zero_gpu:  # a background thread's model work would compute on ZeroGPU's zeros
             self.warmer.close()
         self.prefetcher = EmbeddingPrefetcher(
-            self.gate,
+            self.background,
             self.budget,
             lambda: self.segmenter,
             enabled=settings.sam_prefetch and not self.zero_gpu,
