@@ -78,7 +78,7 @@ def turn(session: ChatSession, question: str, tokens: int) -> dict:
     return {
         "ttft": timings["first_token_s"],
         "tok_s": (generated - 1) / decode_time if generated > 1 and decode_time > 0 else float("nan"),
-        "prompt": session.last_prepared.lm_length,
+        "prompt": session.last_prompt.lm_length,
     }
 
 

@@ -35,6 +35,7 @@ _EXPORTS = {
     "GenerationResult": "model.inference",
     "PixelRefer": "model.inference",
     "Prepared": "model.planning",
+    "PromptRecord": "model.planning",
     "Video": "model.planning",
     "LimitExceeded": "media.limits",
     "MediaLimits": "media.limits",

@@ -4,6 +4,8 @@ allocator's out-of-memory (injected `torch.cuda.OutOfMemoryError`) answered with
 
 from __future__ import annotations
 
+import gc
+import types
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -312,3 +314,52 @@ def test_an_answer_needs_room_for_its_prompt_unless_the_prompt_is_cached(
     ws.drop_caches()
     rows = SHORT.max_new_tokens + service.settings.chat.max_prompt_tokens
     assert budget_module.need_answer(ws, "What is <object1>?", SHORT) == {"cpu": rows * per_row}
+
+
+def _reachable_buffers(ws: Workspace, shared: tuple[object, ...]) -> dict[str, int]:
+    """Bytes of every array and tensor reachable from `ws` by references, each buffer once, by device: what
+    the visitor really keeps alive. The walk stops at what all visitors share (the service, the model, the
+    segmenter, the budget, the gate), and at modules, classes and functions."""
+    stop = {id(obj) for obj in shared}
+    tally = budget_module._Tally()
+    seen: set[int] = set()
+    todo: list[object] = [ws]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or id(obj) in stop:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray | torch.Tensor):
+            tally.add("held", obj)
+            continue
+        if isinstance(obj, type | types.ModuleType | types.FunctionType | types.MethodType | torch.nn.Module):
+            continue
+        todo.extend(gc.get_referents(obj))
+    return {device: kinds["held"] for device, kinds in tally.bytes.items()}
+
+
+def test_everything_a_visitor_keeps_alive_is_counted(
+    service: Service, visitors: list[Workspace], tmp_path: Path
+) -> None:
+    """The budget bounds memory only if `holdings` sees all of it: a clip with a tracked object, after two
+    answers, keeps alive no array or tensor the budget does not count (a session once kept the last prompt's
+    pixels, 68 MB for 16 frames at 1080p, which nobody counted)."""
+    clip = write_scene_clip(tmp_path, seconds=3, fps=4)
+    ws = Workspace(service)
+    visitors.append(ws)
+    ws.open_video(clip.path)
+    width, height = clip.size
+    mask = np.zeros((height, width), bool)
+    mask[100:140, 40:100] = True
+    ws.add_mask(mask, ws.clip.indices[0])
+    ws.track()
+    for question in ("What is <object1>?", "And where does it go?"):
+        assert [r for r in ws.ask(question, SHORT)][-1].exchange is not None
+    service.warmer.wait(30)
+    ws.canvas()
+    shared = (service, ws.session.model, service.segmenter, service.budget, ws.session.gate, service.warmer)
+    reachable = _reachable_buffers(ws, shared)
+    counted = {device: sum(kinds.values()) for device, kinds in holdings(ws).items()}
+    assert reachable["cpu"] > width * height * 3 * len(ws.clip), "the walk reaches the frames"
+    for device, size in reachable.items():
+        assert size - counted.get(device, 0) < 64 * 1024, (device, size, counted, holdings(ws))

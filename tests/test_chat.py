@@ -49,7 +49,7 @@ def test_image_session_reproduces_fixture(model: PixelRefer) -> None:
     _, case = fixture_case(model, "image_2regions")
     session = image_session(model)
     _, exchange = answer(session.ask(QUESTION, GenerationSettings(max_new_tokens=8)))
-    assert session.last_prepared.input_ids == case["input_ids"]
+    assert session.last_prompt.input_ids == case["input_ids"]
     assert exchange.answer_ids == case["generated_ids"]
 
 
@@ -67,7 +67,7 @@ def test_video_session_reproduces_fixture(model: PixelRefer) -> None:
         session.add_object({frames[position + j]: masks[position + j] for j in range(len(group))})
         position += len(group)
     _, exchange = answer(session.ask(QUESTION, GenerationSettings(max_new_tokens=8)))
-    assert session.last_prepared.input_ids == case["input_ids"]
+    assert session.last_prompt.input_ids == case["input_ids"]
     assert exchange.answer_ids == case["generated_ids"]
 
 
@@ -84,7 +84,7 @@ def test_follow_ups_reuse_caches_and_match_a_fresh_run(model: PixelRefer) -> Non
         counter.reset()
         _, second = answer(session.ask("Is <object2> larger than <object1>?", settings))
         assert (counter.tower, counter.objects) == (0, 0)
-        assert second.timings["reused_prefix_rows"] > len(session.last_prepared.input_ids) // 2
+        assert second.timings["reused_prefix_rows"] > len(session.last_prompt.input_ids) // 2
 
         counter.reset()
         height, width = session.image.shape[:2]
@@ -109,7 +109,7 @@ def test_follow_ups_reuse_caches_and_match_a_fresh_run(model: PixelRefer) -> Non
     fresh.history = [e for e in session.history[:-1]]
     _, scratch = answer(fresh.ask("And now <object3>?", settings))
     assert scratch.answer_ids == session.history[-1].answer_ids
-    assert fresh.last_prepared.input_ids == session.last_prepared.input_ids
+    assert fresh.last_prompt.input_ids == session.last_prompt.input_ids
 
 
 def test_user_text_is_inert(model: PixelRefer) -> None:
@@ -238,7 +238,7 @@ def test_declarations_follow_the_official_wording(model: PixelRefer) -> None:
     assert "There is 1 region in the image: <region0> []. Hi." in text
     describe = list(session.describe(1, GenerationSettings(max_new_tokens=2)))[-1].exchange
     assert describe.kind == "describe"
-    text = model.tokenizer.decode(session.last_prepared.input_ids).replace("<REGION>", "")
+    text = model.tokenizer.decode(session.last_prompt.input_ids).replace("<REGION>", "")
     wanted = (
         "Please describe the [] in the image in detail."
         if model.variant == "full"

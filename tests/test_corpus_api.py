@@ -234,7 +234,7 @@ def test_a_hundred_objects_stop_at_the_limit_and_the_chat_goes_on(service: Servi
 
 def special_counts(session: ChatSession) -> dict[str, int]:
     """How many chat-template, image and region token ids the last prompt holds."""
-    ids = session.last_prepared.input_ids
+    ids = session.last_prompt.input_ids
     specials = session.model.specials
     return {name: ids.count(getattr(specials, name)) for name in ("im_start", "im_end", "image", "region")}
 

@@ -58,7 +58,7 @@ def chat_about(model: PixelRefer, clip: Clip, tracks: dict[str, dict[int, np.nda
     replies = list(session.ask(QUESTION, GenerationSettings(max_new_tokens=4)))
     exchange = replies[-1].exchange
     assert replies[-1].done and exchange is not None and exchange.answer_ids
-    assert len(session.last_prepared.objects) == 2
+    assert len(session.last_prompt.object_keys) == 2
 
 
 def test_grabcut_tracks_feed_the_chat(scene, model: PixelRefer) -> None:

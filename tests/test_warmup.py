@@ -117,7 +117,7 @@ def test_warm_up_with_history_covers_the_conversation_so_far(model) -> None:
     answer(session.ask(QUESTION, SHORT))
     session.prefix_cache.clear()
     report = session.warm()
-    assert report.stored and report.prompt_rows > len(session.last_prepared.input_ids)
+    assert report.stored and report.prompt_rows > len(session.last_prompt.input_ids)
     follow = answer(session.ask("Is <object2> larger?", SHORT))
     assert follow.timings["reused_prefix_rows"] >= report.prompt_rows - 8
     fresh = image_session(model, caching=False)
@@ -264,7 +264,7 @@ def test_the_app_warms_while_marking(tmp_path: Path) -> None:
         visitor.keep()
         assert service.warmer.wait(timeout=60) and service.warmer.report(visitor).stored
         warm = answer(visitor.ask("What is <object1>?", SHORT))
-        assert warm.timings["reused_prefix_rows"] > len(visitor.session.last_prepared.input_ids) // 2
+        assert warm.timings["reused_prefix_rows"] > len(visitor.session.last_prompt.input_ids) // 2
         cold = ChatSession(service.model, image=visitor.image, caching=False)
         cold.add_object(visitor.session.objects[0].masks[0])
         assert answer(cold.ask("What is <object1>?", SHORT)).answer_ids == warm.answer_ids

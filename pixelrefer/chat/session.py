@@ -38,7 +38,7 @@ from ..media.video import Clip
 from ..model.cache import FeatureCache, PrefixCache
 from ..model.generation import GenerationSettings
 from ..model.inference import PixelRefer
-from ..model.planning import Prepared, Video, frame_mask
+from ..model.planning import Prepared, PromptRecord, Video, frame_mask
 from ..model.processing import ObjectRef, Piece, Turn
 from ..runtime.errors import InputError
 from .gate import Gate
@@ -182,13 +182,14 @@ class ChatSession:
         self._next_id = 1
         self._next_color = 0
         self._stop = threading.Event()
-        self.last_prepared: Prepared | None = None
+        self.last_prompt: PromptRecord | None = None
+        """The last answer's prompt, without its pixels (for the memory budget and the API's usage counts)."""
         self.version = 0
         self.version_lock = threading.Lock()
         self.gate: Gate | None = None
         """The app's model-event gate (`Service.gate`): each answer holds it, so background work waits."""
 
-    _LOCAL = ("model", "gate", "_stop", "version_lock", "feature_cache", "prefix_cache", "last_prepared")
+    _LOCAL = ("model", "gate", "_stop", "version_lock", "feature_cache", "prefix_cache", "last_prompt")
     """What a pickled session leaves behind: the model, its locks and its caches (recomputed on demand)."""
 
     def __getstate__(self) -> dict:
@@ -205,7 +206,7 @@ class ChatSession:
         self.version_lock = threading.Lock()
         self.feature_cache = FeatureCache(self.limits.cache_bytes)
         self.prefix_cache = PrefixCache()
-        self.last_prepared = None
+        self.last_prompt = None
 
     def adopt(self, other: ChatSession) -> None:
         """Take the conversation that a copy of this session (a ZeroGPU worker's) ended with."""
@@ -449,7 +450,7 @@ class ChatSession:
         started = time.perf_counter()
         prepared = self.prepare(exchange)
         prepare_s = time.perf_counter() - started
-        self.last_prepared = prepared
+        self.last_prompt = prepared.record()
         mapper = _LabelMapper({label: f"<object{oid}>" for oid, label in self.labels().items()})
         result = None
         for chunk in self.model.stream(
@@ -552,7 +553,7 @@ class ChatSession:
         self.clear()
         self.feature_cache.clear()
         self.objects.clear()
-        self.last_prepared = None
+        self.last_prompt = None
 
     @property
     def cache_bytes(self) -> int:

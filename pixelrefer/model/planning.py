@@ -41,7 +41,7 @@ from .processing import (
 )
 from .vision import ProcessedImages, preprocess_images
 
-__all__ = ["Instruction", "MaskInput", "Planner", "Prepared", "Region", "Video", "frame_mask"]
+__all__ = ["Instruction", "MaskInput", "Planner", "Prepared", "PromptRecord", "Region", "Video", "frame_mask"]
 
 MaskInput = np.ndarray | torch.Tensor
 Region = MaskInput | Mapping[int, MaskInput]
@@ -116,6 +116,21 @@ class Prepared:
         """Positions the LLM sees after frame-token pruning."""
         dropped = 0 if self.media is None or self.media.keep is None else int((~self.media.keep).sum())
         return len(self.prompt.input_ids) - dropped
+
+    def record(self) -> PromptRecord:
+        """What is worth keeping once the prompt has been encoded: everything but the pixels."""
+        return PromptRecord(list(self.input_ids), self.lm_length, tuple(o.key for o in self.objects))
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """A prepared prompt without its pixels, as a chat session keeps it after an answer: its token ids, the
+    positions the LLM saw and its objects' cache keys. The pixels are most of a `Prepared` (68 MB for 16
+    frames at 1080p) and are not needed once encoded; a session that kept them held memory no budget saw."""
+
+    input_ids: list[int]
+    lm_length: int
+    object_keys: tuple[str, ...]
 
 
 def frame_mask(

@@ -148,18 +148,16 @@ def _cache_entries(session: ChatSession) -> list[tuple[str, object]]:
 
 def _object_keys(session: ChatSession) -> set[str]:
     """The cache keys of the object tokens of the session's current objects (only for a detailed split)."""
-    prepared = session.last_prepared
-    if prepared is None:
-        plan = session.warm_plan()
-        if plan is None:
-            return set()
-        try:
-            prepared = session.model.prepare(
-                turns=plan.turns, regions=plan.regions, seed=plan.seed, **plan.media
-            )
-        except ValueError:
-            return set()
-    return {p.key for p in prepared.objects}
+    if session.last_prompt is not None:
+        return set(session.last_prompt.object_keys)
+    plan = session.warm_plan()
+    if plan is None:
+        return set()
+    try:
+        prepared = session.model.prepare(turns=plan.turns, regions=plan.regions, seed=plan.seed, **plan.media)
+    except ValueError:
+        return set()
+    return set(prepared.record().object_keys)
 
 
 def holdings(ws: Workspace, *, detail: bool = False) -> dict[str, dict[str, int]]:
@@ -573,7 +571,7 @@ def need_answer(ws: Workspace, *args: Any, **kwargs: Any) -> dict[str, int]:
     model = session.model
     rows = int(settings.max_new_tokens)
     if session.prefix_cache.rows is None:
-        known = session.last_prepared.lm_length if session.last_prepared is not None else None
+        known = session.last_prompt.lm_length if session.last_prompt is not None else None
         rows += known or session.limits.max_prompt_tokens
     text = getattr(model.config, "text_config", None) or model.config
     per_row = kv_bytes_per_token(model.config, model.dtype) + int(text.hidden_size) * _element_size(

@@ -445,9 +445,9 @@ class OpenAIServer:
                     if delta:
                         job.emit("delta", delta)
                     exchange = reply.exchange or exchange
-                assert exchange is not None and session.last_prepared is not None
-                prepared = session.last_prepared
-                outcome = _Outcome(exchange, prepared.lm_length, continued, notes, list(prepared.input_ids))
+                assert exchange is not None and session.last_prompt is not None
+                prompt = session.last_prompt
+                outcome = _Outcome(exchange, prompt.lm_length, continued, notes, list(prompt.input_ids))
                 job.session = None  # from here a late cancel must not stop whoever continues it next
                 if not job.cancelled.is_set():
                     key = request.key(client, (*request.answers, exchange.answer))

@@ -466,7 +466,7 @@ class Workspace:
         if self.session is not None:
             self.session.feature_cache.clear()
             self.session.prefix_cache.clear()
-            self.session.last_prepared = None
+            self.session.last_prompt = None
 
 
 def _delete_files(copies: set[Path]) -> None:
