@@ -9,30 +9,35 @@ click is timed in the page, from the pointer going down to:
 - mask shown: the marking message names the segmenter's answer and the picture that came with it has loaded.
 
 The first click on a picture is what SAM's image embedding costs: the app computes it in the background
-once the picture is shown (`pixelrefer.serve.prefetch`), so SAM 2.1 runs twice, in the same run: "before"
-(`--no-sam-prefetch`: the first click computes the embedding) and "after" (the default). Each trial is a new
-visitor who uploads a photo no one uploaded before (one pixel differs per trial, so SAM's cache, which is
-keyed by content, cannot help), looks at it for 3 s or 8 s (`--looks`), then clicks the middle of an object;
-then `--clicks` more clicks on the same picture (marks cleared in between) give what a later click costs.
-The app's log says when each background embedding was ready, from the picture being shown.
+once the picture is shown (`pixelrefer.serve.prefetch`), so SAM 2.1 runs in two apps side by side: "before"
+(`--no-sam-prefetch`: the first click computes the embedding) and "after" (the default). Their trials
+alternate (before-after, then after-before), so a machine whose load drifts during the run weighs on both
+alike. Each trial is a new visitor who uploads a photo no one uploaded before (one pixel differs per trial,
+so SAM's cache, which is keyed by content, cannot help), looks at it for 3 s or 8 s (`--looks`), then clicks
+the middle of an object; then `--clicks` more clicks on the same picture (marks cleared in between) give
+what a later click costs. The app's log says when each background embedding was ready, from the picture
+being shown, how long it computed, and, when a click came before it was ready, when the click came: the
+rest of the computation is what that click had to wait for.
 
 Answer latency with and without the background embedding: a new visitor picks an example (a picture with its
-objects marked) and sends its question at once, while the embedding of the picture is being computed (after)
-or not (before); timed from Send to the first text of the answer and to its end. These run first in each
-app, while the examples' embeddings are not yet cached.
+objects marked) and sends its question at once, while the embedding of the picture is wanted too (after) or
+not (before); timed from Send to the first text of the answer and to its end. These run first, before-after
+alternating, while the examples' embeddings are not yet cached.
 
 Segmenters: GrabCut (the offline fallback; no embedding, one run) and SAM 2.1 tiny with random weights at the
 real shape (`sam21_config`, 1024 px input: timings are those of the real checkpoint). The photos are the
 app's examples, clicked in the middle of their marked objects, once as shipped and once enlarged to a phone
 photo's size (1600 px on the long side, within the app's limits).
 
-    python bench/bench_marking.py                                  # both segmenters, 5 trials per look
+    python bench/bench_marking.py                  # both segmenters, 5 trials per photo, look and mode
+    python bench/bench_marking.py --short          # SAM only, one photo, one trial per look and mode
     python bench/bench_marking.py --segmenters sam2-tiny --repeats 2 --clicks 2 --photos cat
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -235,31 +240,51 @@ def variant(path: Path, trial: int, folder: Path) -> Path:
 
 @dataclass
 class Trial:
+    mode: str
     photo: str
     look: float
     first: float
     later: list[float]
 
 
+def one_trial(
+    browser, url: str, path: Path, middles: list, look: float, clicks: int
+) -> tuple[float, list[float]]:
+    """A new visitor uploads `path`, looks at it for `look` s, clicks; then `clicks` later clicks."""
+    page = _new_visitor(browser, url)
+    try:
+        shown = _upload(page, path)
+        time.sleep(max(0.0, shown + look - time.perf_counter()))
+        _, first = timed_click(page, *middles[0])
+        later = []
+        for k in range(clicks):
+            clear_marks(page)
+            later.append(timed_click(page, *middles[(k + 1) % len(middles)])[1])
+    finally:
+        page.context.close()
+    return first, later
+
+
+def alternating(modes: list[str], k: int) -> list[str]:
+    """The modes in their order for the k-th round, reversed every other round."""
+    return modes if k % 2 == 0 else modes[::-1]
+
+
 def first_clicks(
-    browser, url: str, shots: list, looks: list[float], repeats: int, clicks: int, folder: Path
+    browser, urls: dict[str, str], shots: list, looks: list[float], repeats: int, clicks: int, folder: Path
 ) -> list[Trial]:
-    """Per photo, look and repeat: a new visitor uploads a new variant, looks, clicks; then later clicks."""
-    trials, count = [], 0
+    """Per photo, look and repeat, in every app (the first one alternating): a new visitor, a new variant."""
+    trials, count, rounds = [], 0, 0
     for label, path, middles in shots:
         for look in looks:
             for _ in range(repeats):
-                count += 1
-                page = _new_visitor(browser, url)
-                shown = _upload(page, variant(path, count, folder))
-                time.sleep(max(0.0, shown + look - time.perf_counter()))
-                _, first = timed_click(page, *middles[0])
-                later = []
-                for k in range(clicks):
-                    clear_marks(page)
-                    later.append(timed_click(page, *middles[(k + 1) % len(middles)])[1])
-                trials.append(Trial(label, look, first, later))
-                page.context.close()
+                for mode in alternating(list(urls), rounds):
+                    count += 1
+                    first, later = one_trial(
+                        browser, urls[mode], variant(path, count, folder), middles, look, clicks
+                    )
+                    trials.append(Trial(mode, label, look, first, later))
+                rounds += 1
     return trials
 
 
@@ -272,31 +297,49 @@ ANSWER_STARTED = """n => { const bots = document.querySelectorAll('#chat [data-t
   return bots.length >= n && bots[bots.length - 1].innerText.trim().length > 0; }"""
 
 
-def answers_at_once(browser, url: str) -> list[tuple[str, float, float]]:
-    """Per image example: a new visitor picks it and sends its question at once; (name, first text, done)."""
+def answers_at_once(
+    browser, urls: dict[str, str], examples: int | None
+) -> list[tuple[str, str, float, float]]:
+    """Per image example (the first `examples`), in every app (the first one alternating): a new visitor picks
+    it and sends its question at once; (mode, name, first text, done)."""
     rows = []
-    for example in load_examples(REPO / "examples"):
-        if example.kind != "image":
-            continue
-        page = _new_visitor(browser, url)
-        page.locator("#examples .thumbnail-item", has_text=example.name).first.click()
-        page.locator("#mark-info").filter(has_text=f"Example “{example.name}” loaded").wait_for()
-        began = time.perf_counter()
-        page.get_by_role("button", name="Send", exact=True).click()
-        page.wait_for_function(ANSWER_STARTED, arg=1, polling=20)
-        started = time.perf_counter()
-        page.wait_for_function(ANSWER_DONE, arg=1, polling=20)
-        rows.append((example.name, started - began, time.perf_counter() - began))
-        page.context.close()
+    images = [example for example in load_examples(REPO / "examples") if example.kind == "image"]
+    for k, example in enumerate(images[:examples]):
+        for mode in alternating(list(urls), k):
+            page = _new_visitor(browser, urls[mode])
+            try:
+                page.locator("#examples .thumbnail-item", has_text=example.name).first.click()
+                page.locator("#mark-info").filter(has_text=f"Example “{example.name}” loaded").wait_for()
+                began = time.perf_counter()
+                page.get_by_role("button", name="Send", exact=True).click()
+                page.wait_for_function(ANSWER_STARTED, arg=1, polling=20)
+                started = time.perf_counter()
+                page.wait_for_function(ANSWER_DONE, arg=1, polling=20)
+                rows.append((mode, example.name, started - began, time.perf_counter() - began))
+            finally:
+                page.context.close()
     return rows
 
 
-READY = re.compile(r"SAM image embedding ready ([\d.]+) s after the picture was shown \(([\d.]+) s computing")
+READY = re.compile(
+    r"SAM image embedding ready ([\d.]+) s after the picture was shown \(([\d.]+) s computing"
+    r"[^;)]*(?:; a click waited for it from ([\d.]+) s)?"
+)
 
 
-def embedding_ready(log: Path) -> list[tuple[float, float]]:
-    """(ready after shown, computing) of every background embedding the app logged."""
-    return [(float(a), float(b)) for a, b in READY.findall(log.read_text(errors="replace"))]
+@dataclass
+class Ready:
+    ready: float
+    """From the picture shown to the embedding kept."""
+    computing: float
+    clicked: float | None
+    """From the picture shown to a click waiting for it (None: it was ready before any click)."""
+
+
+def embedding_ready(log: Path) -> list[Ready]:
+    """Every background embedding the app logged."""
+    found = READY.findall(log.read_text(errors="replace"))
+    return [Ready(float(a), float(b), float(c) if c else None) for a, b, c in found]
 
 
 def p95(values: list[float]) -> float:
@@ -307,6 +350,22 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):5.2f} / {p95(values):5.2f}" if values else "    -"
 
 
+def summary(
+    segmenter: str, mode: str, trials: list[Trial], looks: list[float], ready: list[Ready], answers
+) -> str:
+    """One row of the closing table."""
+    mine = [t for t in trials if t.mode == mode]
+    firsts = [spread([t.first for t in mine if t.look == look]) for look in looks]
+    later = spread([v for t in mine for v in t.later])
+    ready_s = spread([r.ready for r in ready]) if ready else "-"
+    waited = spread([r.ready - r.clicked for r in ready if r.clicked is not None])
+    rows = [row for row in answers if row[0] == mode]
+    first_text = spread([row[2] for row in rows]) if rows else "-"
+    done = spread([row[3] for row in rows]) if rows else "-"
+    cells = [segmenter, mode, ready_s, *firsts, later, waited if ready else "-", first_text, done]
+    return "| " + " | ".join(cells) + " |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -315,29 +374,34 @@ def main() -> None:
     parser.add_argument(
         "--looks", nargs="+", type=float, default=[3.0, 8.0], help="seconds before the first click"
     )
-    parser.add_argument("--repeats", type=int, default=5, help="trials per photo and look")
+    parser.add_argument("--repeats", type=int, default=5, help="trials per photo, look and mode")
     parser.add_argument("--clicks", type=int, default=3, help="later clicks per trial, after the first")
     parser.add_argument("--photos", nargs="*", help="only the photos whose label starts with one of these")
     parser.add_argument("--no-answers", action="store_true", help="skip the answer-latency trials")
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="a smoke run (about 3 minutes on 2 idle CPUs): SAM only, the first photo as shipped, one trial "
+        "per look and mode, one later click, one example's answer",
+    )
     args = parser.parse_args()
+    examples = None
+    if args.short:
+        args.segmenters, args.repeats, args.clicks, examples = ["sam2-tiny"], 1, 1, 1
 
+    began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-marking-") as folder:
         work = Path(folder)
         shots = photos(work)
         if args.photos:
             shots = [shot for shot in shots if any(shot[0].startswith(p) for p in args.photos)]
+        if args.short:
+            shots = shots[:1]
         print(
             f"repo {REPO} · {os.cpu_count()} CPUs · load average {os.getloadavg()[0]:.2f} at the start · "
-            f"{args.repeats} trials per photo and look, {args.clicks} later clicks each"
+            f"{args.repeats} trials per photo, look and mode, {args.clicks} later clicks each"
         )
-        print(
-            "seconds from pointer down to the mask shown (p50 / p95); look = seconds the picture was shown first"
-        )
-        print(
-            f"| {'segmenter':<10} | {'prefetch':<8} | {'photo':<20} | look | first click p50/p95 | later p50/p95 |"
-        )
-        print(f"|{'-' * 12}|{'-' * 10}|{'-' * 22}|------|{'-' * 21}|{'-' * 15}|")
-        answers, ready = {}, {}
+        answers, ready, results = [], {}, {}
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
@@ -345,47 +409,71 @@ def main() -> None:
             for segmenter in args.segmenters:
                 sam2 = "grabcut" if segmenter == "grabcut" else str(build_sam(work / "sam2-tiny"))
                 modes = (
-                    [("-", [])]
-                    if segmenter == "grabcut"
-                    else [("before", ["--no-sam-prefetch"]), ("after", [])]
+                    {"-": []} if segmenter == "grabcut" else {"before": ["--no-sam-prefetch"], "after": []}
                 )
-                for mode, flags in modes:
-                    log = work / f"{segmenter}-{mode}.log"
-                    with serve(sam2, log, flags) as app:
-                        if not args.no_answers and segmenter != "grabcut":
-                            answers[mode] = answers_at_once(browser, app.url)
-                        trials = first_clicks(
-                            browser, app.url, shots, args.looks, args.repeats, args.clicks, work
-                        )
-                    ready[(segmenter, mode)] = embedding_ready(log)
-                    for label in dict.fromkeys(t.photo for t in trials):
-                        for look in args.looks:
-                            chosen = [t for t in trials if t.photo == label and t.look == look]
-                            later = [v for t in chosen for v in t.later]
-                            print(
-                                f"| {segmenter:<10} | {mode:<8} | {label:<20} | {look:4.0f} | "
-                                f"{spread([t.first for t in chosen]):>19} | {spread(later):>13} |"
-                            )
-                    for look in args.looks:
-                        chosen = [t for t in trials if t.look == look]
-                        later = [v for t in chosen for v in t.later]
-                        print(
-                            f"| {segmenter:<10} | {mode:<8} | {'all photos':<20} | {look:4.0f} | "
-                            f"{spread([t.first for t in chosen]):>19} | {spread(later):>13} |"
-                        )
+                logs = {mode: work / f"{segmenter}-{mode}.log" for mode in modes}
+                with contextlib.ExitStack() as apps:
+                    urls = {
+                        mode: apps.enter_context(serve(sam2, logs[mode], flags)).url
+                        for mode, flags in modes.items()
+                    }
+                    if not args.no_answers and segmenter != "grabcut":
+                        answers += [(segmenter, *row) for row in answers_at_once(browser, urls, examples)]
+                    results[segmenter] = first_clicks(
+                        browser, urls, shots, args.looks, args.repeats, args.clicks, work
+                    )
+                for mode in modes:
+                    ready[(segmenter, mode)] = embedding_ready(logs[mode])
             browser.close()
-        for (segmenter, mode), times in ready.items():
-            if times:
-                print(
-                    f"{segmenter} {mode}: background embedding ready after the picture was shown, p50/p95 "
-                    f"{spread([a for a, _ in times])} s (computing {spread([b for _, b in times])} s; {len(times)} pictures)"
-                )
-        for mode, rows in answers.items():
-            for name, started, done in rows:
-                print(
-                    f"answer right after picking '{name}', prefetch {mode}: first text {started:.2f} s, done {done:.2f} s"
-                )
-        print(f"load average {os.getloadavg()[0]:.2f} at the end")
+        ended_load = os.getloadavg()[0]
+
+    print()
+    print(
+        "seconds from pointer down to the mask shown (p50 / p95); look = seconds the picture was shown first"
+    )
+    print(
+        f"| {'segmenter':<10} | {'prefetch':<8} | {'photo':<20} | look | first click p50/p95 | later p50/p95 |"
+    )
+    print(f"|{'-' * 12}|{'-' * 10}|{'-' * 22}|------|{'-' * 21}|{'-' * 15}|")
+    for segmenter, trials in results.items():
+        for mode in dict.fromkeys(t.mode for t in trials):
+            for label in dict.fromkeys(t.photo for t in trials):
+                for look in args.looks:
+                    chosen = [t for t in trials if t.mode == mode and t.photo == label and t.look == look]
+                    later = [v for t in chosen for v in t.later]
+                    print(
+                        f"| {segmenter:<10} | {mode:<8} | {label:<20} | {look:4.0f} | "
+                        f"{spread([t.first for t in chosen]):>19} | {spread(later):>13} |"
+                    )
+
+    print()
+    print(
+        "Summary, p50 / p95 in seconds. ready: the background embedding kept, from the picture shown (app log); "
+        "waited: the rest of the embedding a first click waited for when it came before it was ready; "
+        "answer: an example's question sent at once, to the first text and to the end."
+    )
+    looks = [f"first click, {look:g} s look" for look in args.looks]
+    header = [
+        "segmenter",
+        "prefetch",
+        "embedding ready",
+        *looks,
+        "later clicks",
+        "waited",
+        "answer first text",
+        "answer done",
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for segmenter, trials in results.items():
+        for mode in dict.fromkeys(t.mode for t in trials):
+            rows = [row[1:] for row in answers if row[0] == segmenter]
+            print(summary(segmenter, mode, trials, args.looks, ready.get((segmenter, mode), []), rows))
+    for segmenter, mode, name, started, done in answers:
+        print(
+            f"answer right after picking '{name}', {segmenter} prefetch {mode}: first text {started:.2f} s, done {done:.2f} s"
+        )
+    print(f"load average {ended_load:.2f} at the end; {time.monotonic() - began:.0f} s in all")
 
 
 if __name__ == "__main__":
