@@ -15,8 +15,6 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # Spaces run containers as uid 1000; the home directory holds the Hugging Face cache, so it must be ours.
-# MALLOC_ARENA_MAX=2: with glibc's default arenas per thread, the app's memory grew 170 MB over bench/load.py's
-# three rounds of 16 visitors; with two, 89 MB, at the same latency (one run each, same machine).
 RUN useradd -m -u 1000 user
 ENV HOME=/home/user \
     HF_HOME=/home/user/.cache/huggingface \
@@ -25,8 +23,7 @@ ENV HOME=/home/user \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     GRADIO_ANALYTICS_ENABLED=False \
     GRADIO_SERVER_NAME=0.0.0.0 \
-    GRADIO_SERVER_PORT=7860 \
-    MALLOC_ARENA_MAX=2
+    GRADIO_SERVER_PORT=7860
 WORKDIR /home/user/app
 
 # Dependencies first, so code changes do not reinstall them. torch==2.14.1 from PyPI is the CUDA build

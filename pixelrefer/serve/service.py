@@ -27,6 +27,7 @@ from ..media.limits import MediaLimits
 from ..model.inference import PixelRefer
 from ..model.loading import estimate_weight_bytes, plan_checkpoint
 from ..model.synthetic import RELEASES, TINY, build_checkpoint, config_for
+from ..runtime.allocator import tune_for_server
 from ..runtime.devices import GIB, GpuInfo, PlacementError, cuda_diagnosis, plan_loading, visible_gpus
 from ..runtime.errors import InputError
 from ..runtime.hub import WeightsUnavailable
@@ -368,6 +369,7 @@ class Service:
     def start(self) -> Service:
         """Load the configured model (or the preview) and the segmenter."""
         began = time.perf_counter()
+        tune_for_server()  # visitors' frames, once freed, go back to the system: RSS follows the budget
         self.load(self.settings.model)
         try:
             self.segmenter = load_segmenter(self.settings.sam2, device=self.settings.device)
