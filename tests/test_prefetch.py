@@ -22,7 +22,6 @@ from pixelrefer.chat.background import Background, Job, Rank, Worker
 from pixelrefer.chat.gate import Gate
 from pixelrefer.chat.warmup import Warmer
 from pixelrefer.segment.sam import Sam2Segmenter
-from pixelrefer.serve.budget import drop_sam
 from pixelrefer.serve.service import AppSettings, Service
 from pixelrefer.serve.workspace import Workspace
 
@@ -72,7 +71,7 @@ class Counts:
 @pytest.fixture
 def fresh(service: Service) -> Iterator[tuple[Workspace, Counts]]:
     """A visitor, SAM's cache emptied, the hooks counting, the prefetch on and the budget unbounded."""
-    drop_sam(service.segmenter)
+    service.segmenter.forget_embeddings()
     service.prefetcher.enabled = True
     service.budget.limits = {}
     counts = Counts(service.segmenter)
@@ -200,10 +199,10 @@ def test_the_memory_budget_bounds_it(service: Service, fresh) -> None:
 
 def test_embedding_bytes_is_what_an_embedding_holds(service: Service) -> None:
     segmenter = service.segmenter
-    drop_sam(segmenter)
+    segmenter.forget_embeddings()
     with torch.inference_mode():
         segmenter._embeddings(picture(7))
-    held = sum(t.untyped_storage().nbytes() for t in next(iter(segmenter._embedded.values())))
+    held = sum(t.untyped_storage().nbytes() for t in segmenter.kept_embeddings()[0])
     assert segmenter.embedding_bytes() == held
 
 
@@ -251,7 +250,7 @@ def test_masks_are_identical_with_and_without_the_prefetch(service: Service, fre
     ws.click(90, 70, "negative")
     refined_with = ws.draft.result
 
-    drop_sam(service.segmenter)
+    service.segmenter.forget_embeddings()
     service.prefetcher.enabled = False
     ws.open_image(image)
     assert service.prefetcher.wait(30) and not service.segmenter.has_embedding(image)
