@@ -365,7 +365,7 @@ def sam(run: Run, work: Path) -> dict:
     embed_times, decode_times = [], []
     with torch.inference_mode(), placement.autocast():
         for _ in range(run.repeats + 1):
-            segmenter._embedded.clear()
+            segmenter.forget_embeddings()
             run.sync()
             began = time.perf_counter()
             embeddings = segmenter._embeddings(image)

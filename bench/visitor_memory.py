@@ -211,7 +211,7 @@ def visit(service: Service, media: str, tokens: int) -> dict[str, dict[str, int]
         )
     finally:
         ws.close()
-        service.segmenter._embedded.clear()
+        service.segmenter.forget_embeddings()
     return results
 
 

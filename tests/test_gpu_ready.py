@@ -413,7 +413,7 @@ def test_sam_encodes_clicks_in_float32_under_bfloat16_autocast(tiny_sam2_dir: Pa
     linear = next(m for m in segmenter.image_model.vision_encoder.modules() if isinstance(m, torch.nn.Linear))
     computed: list[torch.dtype] = []
     handle = linear.register_forward_hook(lambda module, args, out: computed.append(out.dtype))
-    segmenter._embedded.clear()
+    segmenter.forget_embeddings()
     segmenter.segment_image(image, Prompt(points=[(90, 80)]))
     handle.remove()
     assert computed and set(computed) == {torch.bfloat16}

@@ -82,6 +82,11 @@ class FeatureCache:
             self._items.clear()
             self.nbytes = 0
 
+    def entries(self) -> list[tuple[str, object]]:
+        """The (key, value) pairs now, copied under the lock (the warm-up fills the cache from its thread)."""
+        with self._lock:
+            return list(self._items.items())
+
     def __len__(self) -> int:
         return len(self._items)
 

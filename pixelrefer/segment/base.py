@@ -276,6 +276,14 @@ class Segmenter(ABC):
                 prompt.check(*shape[:2])
         return self._track(arrays, prompts, progress, cancel)
 
+    def kept_embeddings(self) -> list[object]:
+        """The per-picture features kept so that later clicks skip the image encoder (the server's memory
+        budget counts them); a segmenter that keeps none has none."""
+        return []
+
+    def forget_embeddings(self) -> None:  # noqa: B027 -- a segmenter that keeps nothing forgets nothing
+        """Drop the kept features, to make room: the next click on a picture computes them again."""
+
     @staticmethod
     def _stop_if_cancelled(cancel: threading.Event | None, done: int, total: int) -> None:
         if cancel is not None and cancel.is_set():

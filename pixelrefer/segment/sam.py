@@ -420,6 +420,14 @@ class Sam2Segmenter(Segmenter):
         with self._embed_lock:
             return key in self._embedded
 
+    def kept_embeddings(self) -> list[object]:
+        with self._embed_lock:
+            return list(self._embedded.values())
+
+    def forget_embeddings(self) -> None:
+        with self._embed_lock:
+            self._embedded.clear()
+
     def embedding_bytes(self) -> int:
         """What one picture's features hold (an upper bound in float32; they are the same size for every
         picture, since the processor resizes pictures to the model's input), known before computing any."""

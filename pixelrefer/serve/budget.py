@@ -44,6 +44,7 @@ from ..runtime.errors import InputError
 
 if TYPE_CHECKING:
     from ..chat.session import ChatSession
+    from ..segment.base import Segmenter
     from .workspace import Workspace
 
 __all__ = [
@@ -139,13 +140,6 @@ class _Tally:
         self.bytes.setdefault(device, Counter())[kind] += size
 
 
-def _cache_entries(session: ChatSession) -> list[tuple[str, object]]:
-    """The feature cache's (key, value) pairs, copied under its lock (the warm-up fills it from its thread)."""
-    cache = session.feature_cache
-    with cache._lock:
-        return list(cache._items.items())
-
-
 def _object_keys(session: ChatSession) -> set[str]:
     """The cache keys of the object tokens of the session's current objects (only for a detailed split)."""
     if session.last_prompt is not None:
@@ -183,7 +177,7 @@ def holdings(ws: Workspace, *, detail: bool = False) -> dict[str, dict[str, int]
     if session is not None:
         tally.add("masks", [obj.masks for obj in list(session.objects)])
         objects = _object_keys(session) if detail else set()
-        for key, value in _cache_entries(session):
+        for key, value in session.feature_cache.entries():
             tally.add("object tokens" if key in objects else "features", value)
         prefix = session.prefix_cache
         cache = prefix.cache
@@ -197,21 +191,13 @@ def _array_or_none(value: object) -> np.ndarray | None:
     return value if isinstance(value, np.ndarray) else None
 
 
-def sam_holdings(segmenter: object) -> dict[str, int]:
+def sam_holdings(segmenter: Segmenter | None) -> dict[str, int]:
     """Bytes of SAM's shared image embeddings by device (the segmenter keeps a few pictures' worth)."""
-    cached = getattr(segmenter, "_embedded", None)
-    if not cached:
+    if segmenter is None:  # not loaded yet
         return {}
     tally = _Tally()
-    tally.add("sam", list(cached.values()))
+    tally.add("sam", segmenter.kept_embeddings())
     return {device: kinds["sam"] for device, kinds in tally.bytes.items()}
-
-
-def drop_sam(segmenter: object) -> None:
-    """Forget SAM's shared image embeddings (the next click on a picture encodes it again)."""
-    cached = getattr(segmenter, "_embedded", None)
-    if cached:
-        cached.clear()
 
 
 def _total(held: Mapping[str, Mapping[str, int]]) -> dict[str, int]:

@@ -34,7 +34,7 @@ from ..runtime.hub import WeightsUnavailable
 from ..runtime.redact import scrub
 from ..segment.base import Segmenter
 from ..segment.build import load_segmenter
-from .budget import MemoryBudget, default_limits, drop_sam, sam_holdings
+from .budget import MemoryBudget, default_limits, sam_holdings
 from .clients import HttpLimits
 from .flags import add_model_flags
 from .prefetch import EmbeddingPrefetcher
@@ -315,7 +315,8 @@ class Service:
         self.warmer = Warmer(self.background)
         """Precomputes each workspace's next answer while its visitor marks (`pixelrefer.chat.warmup`)."""
         self.budget = MemoryBudget(
-            shared=lambda: sam_holdings(self.segmenter), drop_shared=lambda: drop_sam(self.segmenter)
+            shared=lambda: sam_holdings(self.segmenter),
+            drop_shared=lambda: self.segmenter and self.segmenter.forget_embeddings(),
         )
         """What all visitors hold, per device, against the operator's limits (`pixelrefer.serve.budget`);
         the limits are set by `start()`, once the model is loaded."""
