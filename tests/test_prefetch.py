@@ -390,6 +390,39 @@ def test_model_events_come_before_every_background_job(workers) -> None:
     assert log == ["w0", "w1", "w2", "e0", "e1", "e2"]
 
 
+def test_a_visitors_request_comes_before_every_background_job_for_as_long_as_it_runs_or_streams(
+    workers,
+) -> None:
+    """Handling a page event (rendering the picture a click sends back, an answer's streaming updates) needs the
+    CPU as much as the model does: background jobs wait while one is in flight."""
+    gate, warm, _ = workers
+    background, log = warm.background, []
+    job = Steps("w", Rank.QUESTION, log)
+
+    def answer():
+        yield "first words"
+        yield "the rest"
+
+    streaming = background.during(answer)()
+    assert next(streaming) == "first words"
+    warm.submit("a", job)
+    assert job.waited.wait(30)
+    assert log == [] and not gate.busy
+    assert list(streaming) == ["the rest"]
+    assert warm.wait(30) and log == ["w0", "w1", "w2"]
+
+    job = Steps("w", Rank.QUESTION, log)
+
+    def render() -> str:
+        warm.submit("a", job)
+        assert job.waited.wait(30)  # it waits for the request that asked for it
+        assert len(log) == 3
+        return "rendered"
+
+    assert background.during(render)() == "rendered"
+    assert warm.wait(30) and log[3:] == ["w0", "w1", "w2"]
+
+
 class Held:
     """Holds the warm-up (the worker's thread only) at the first network layer it reaches, until released."""
 

@@ -5,7 +5,10 @@ and SAM's image embedding of the picture on screen (`pixelrefer.serve.prefetch`)
 same few cores with each other and with the visitors' own requests, so the order is by what a visitor does
 next, most urgent first:
 
-1. model events (answers, tracking runs, clicks: the `Gate`): a visitor is waiting for them;
+1. visitors' requests: model events (answers, tracking runs, clicks, from the page or the API: the `Gate`)
+   and every page event being handled (`Background.request`: an answer's streaming updates, the picture a
+   click sends back, an upload), since a visitor is waiting for them and on a CPU their Python work would
+   share the cores with a background job as much as their model work would;
 2. a warm-up for a visitor who has objects marked (`Rank.QUESTION`): their next step is a question;
 3. SAM's embedding of a picture just shown (`Rank.CLICK`): the next step there is a click;
 4. a warm-up of media with no object yet (`Rank.LATER`): a question about objects comes after marking.
@@ -24,11 +27,14 @@ the newest (`newest_first`).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 from typing import Generic, TypeVar
 
@@ -65,17 +71,50 @@ class Background:
         self.cond = threading.Condition()
         """Guards every worker's queue; notified whenever a job is queued, starts or ends."""
         self._workers: list[Worker] = []
+        self._requests = 0
 
     def _register(self, worker: Worker) -> None:
         with self.cond:
             self._workers.append(worker)
 
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """A visitor's request being handled: background work waits until none is."""
+        with self.cond:
+            self._requests += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self._requests -= 1
+                self.cond.notify_all()
+
+    def during(self, fn: Callable) -> Callable:
+        """`fn` as a request (`request()`): for as long as it runs, or, for a generator, as long as it streams."""
+        if inspect.isgeneratorfunction(inspect.unwrap(fn)):
+
+            @functools.wraps(fn)
+            def streaming(*args, **kwargs):
+                with self.request():
+                    yield from fn(*args, **kwargs)
+
+            return streaming
+
+        @functools.wraps(fn)
+        def plain(*args, **kwargs):
+            with self.request():
+                return fn(*args, **kwargs)
+
+        return plain
+
     def turn(self, worker: Worker) -> bool:
-        """Whether `worker`'s running job may compute now: no model event in flight, and no other worker has
-        a more urgent job waiting or running."""
+        """Whether `worker`'s running job may compute now: no model event or request in flight, and no other
+        worker has a more urgent job waiting or running."""
         if self.gate.busy:
             return False
         with self.cond:
+            if self._requests:
+                return False
             mine = worker.rank()
             return mine is None or all(
                 other is worker or (rank := other.rank()) is None or rank >= mine for other in self._workers
