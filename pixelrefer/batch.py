@@ -22,6 +22,7 @@ import json
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from .media.masks import load_mask_png, mask_from_rle, to_bool_mask
 from .model.generation import GenerationSettings
 from .model.inference import PixelRefer
 from .runtime.errors import InputError
+from .runtime.jsonl import read_jsonl
 
 __all__ = [
     "BatchItem",
@@ -421,19 +423,12 @@ def run_batch(
             row["provenance"] = dict(provenance)
         return row
 
-    def count(row: dict[str, Any]) -> None:
-        if row["error"]:
-            summary.failed += 1
-        else:
-            summary.answered += 1
-
-    append_rows(
+    summary.answered, summary.failed = append_rows(
         out_path,
         todo,
         work,
         workers=max(1, workers or model.engine.max_concurrency),
         progress=progress(len(todo)) if progress is not None else None,
-        on_row=count,
     )
     summary.seconds = time.perf_counter() - started
     return summary
@@ -447,13 +442,15 @@ def append_rows(
     workers: int = 1,
     progress: Progress | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
-) -> None:
-    """Append `work(item)` for each item to a JSONL file, `workers` items at once, each row as it is done.
+) -> tuple[int, int]:
+    """Append `work(item)` for each item to a JSONL file, `workers` items at once, each row as it is done;
+    the rows answered and failed.
 
     `work` returns the row (with "error" set when the item failed) and `seconds` is added, the item's
     wall time. Shared by `batch` and `eval run`: same resumable file, progress bar and worker pool.
     """
     lock = threading.Lock()
+    outcomes: Counter[bool] = Counter()
 
     def one(item: Any) -> None:
         began = time.perf_counter()
@@ -462,6 +459,7 @@ def append_rows(
         with lock:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
             handle.flush()
+            outcomes[bool(row.get("error"))] += 1
             if on_row is not None:
                 on_row(row)
             if progress is not None:
@@ -479,21 +477,17 @@ def append_rows(
         else:
             with ThreadPoolExecutor(workers, thread_name_prefix="batch") as pool:
                 list(pool.map(one, todo))
+    return outcomes[False], outcomes[True]
 
 
 def last_rows(path: Path) -> dict[str, dict]:
     """The row of each id in an answers file: the last answered one, else the last error (runs retry errors)."""
     rows: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "id" in row:
-                earlier = rows.get(str(row["id"]))
-                if earlier is None or not row.get("error") or earlier.get("error"):
-                    rows[str(row["id"])] = row  # an error row never hides an answer
+    for row in read_jsonl(path):
+        if "id" in row:
+            earlier = rows.get(str(row["id"]))
+            if earlier is None or not row.get("error") or earlier.get("error"):
+                rows[str(row["id"])] = row  # an error row never hides an answer
     return rows
 
 

@@ -30,10 +30,11 @@ official scorers read our predictions unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from ..runtime.jsonl import read_jsonl
 
 __all__ = [
     "FINISH_REASONS",
@@ -72,11 +73,4 @@ def official_record(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_rows(path: str | Path) -> Iterator[dict[str, Any]]:
     """Every complete row of a predictions file (a line cut by an interrupted run is skipped)."""
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and row.get("schema") == SCHEMA:
-                yield row
+    return (row for row in read_jsonl(path) if row.get("schema") == SCHEMA)

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..batch import Progress, append_rows
+from ..batch import BatchSummary, Progress, append_rows
 from ..media.images import check_image_file, load_image
 from ..media.limits import MediaLimits
 from ..media.video import IMAGE_EXTENSIONS, load_clip, load_frame_folder, probe_video, read_frames
@@ -45,7 +45,6 @@ __all__ = [
     "EVAL_LIMITS",
     "ObjectOptions",
     "Plan",
-    "RunSummary",
     "check_resume",
     "plan_items",
     "problems_summary",
@@ -93,16 +92,6 @@ class Plan:
     masks: list[dict[int, dict]] = field(default_factory=list)
     prompt: str = ""
     problem: str = ""
-
-
-@dataclass
-class RunSummary:
-    """What a run did: items answered, failed, skipped (already answered), and its wall time."""
-
-    answered: int = 0
-    failed: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
 
 
 def _media_info(item: EvalItem, root: Path, cache: dict[Path, _MediaInfo]) -> _MediaInfo:
@@ -315,14 +304,14 @@ def run_eval(
     record_template: bool = False,
     force: bool = False,
     progress: Callable[[int], Progress] | None = Progress,
-) -> RunSummary:
+) -> BatchSummary:
     """Answer every planned item not yet answered in `out_path` (appended to, one row per item)."""
     out_path = Path(out_path)
     if not force:
         check_resume(out_path, provenance)
     done = _done_ids(out_path)
     todo = [plan for plan in plans if plan.item.id not in done]
-    summary = RunSummary(skipped=len(plans) - len(todo))
+    summary = BatchSummary(skipped=len(plans) - len(todo))
     started = time.perf_counter()
 
     def work(plan: Plan) -> dict[str, Any]:
@@ -345,19 +334,12 @@ def run_eval(
         row["provenance"] = dict(provenance)
         return row
 
-    def count(row: dict[str, Any]) -> None:
-        if row["error"]:
-            summary.failed += 1
-        else:
-            summary.answered += 1
-
-    append_rows(
+    summary.answered, summary.failed = append_rows(
         out_path,
         todo,
         work,
         workers=max(1, workers or model.engine.max_concurrency),
         progress=progress(len(todo)) if progress is not None and todo else None,
-        on_row=count,
     )
     summary.seconds = time.perf_counter() - started
     return summary
