@@ -673,7 +673,8 @@ def test_the_serve_command(checkpoints: dict[str, Path]) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PIXELREFER_API_KEY": "k1"}
     command = [sys.executable, "-m", "pixelrefer", "serve", "--model", str(checkpoints["lite"])]
     process = subprocess.Popen(
-        [*command, "--port", str(port), "--dtype", "float32", "--device", "cpu", "--max-objects", "3"],
+        [*command, "--port", str(port), "--dtype", "float32", "--device", "cpu", "--max-objects", "3"]
+        + ["--engine", "transformers", "--trusted-proxies", "1"],  # the app's own flags, parsed once
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

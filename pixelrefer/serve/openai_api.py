@@ -649,14 +649,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Region chat over the OpenAI chat-completions protocol (docs/openai-api.md).",
         epilog="Also takes the app's model, engine and limit flags (--engine, --engine-url, --dtype, "
         "--device, --quantization, --max-objects, --max-new-tokens, --max-upload-mb, --queue-size, "
-        "--max-sessions, --session-ttl-s, ...; see `python app.py --help`), with the same PIXELREFER_* "
-        "environment variables.",
+        "--max-sessions, --session-ttl-s, --trusted-proxies, ...; see `python app.py --help`), with the "
+        "same PIXELREFER_* environment variables.",
     )
     env = os.environ
     parser.add_argument("--model", required=True, help="checkpoint folder or hub id")
-    parser.add_argument(
-        "--engine", default=env.get("PIXELREFER_ENGINE", "transformers"), choices=["transformers", "vllm"]
-    )
     parser.add_argument("--host", default=env.get("PIXELREFER_API_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(env.get("PIXELREFER_API_PORT", "8000")))
     parser.add_argument(
@@ -684,12 +681,6 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="a web page origin (https://tools.example.com) whose scripts may call the API (CORS); repeat",
     )
-    parser.add_argument(
-        "--trusted-proxies",
-        type=int,
-        default=int(env.get("PIXELREFER_TRUSTED_PROXIES", "0")),
-        help="proxies in front that append to X-Forwarded-For (the client is the address they recorded)",
-    )
     return parser
 
 
@@ -708,7 +699,7 @@ def _options(args: argparse.Namespace, settings: AppSettings) -> ApiOptions:
         conversation_memory_mb=args.conversation_memory_mb,
         conversation_ttl_s=settings.session_ttl_s,
         served_model_name=args.served_model_name,
-        trusted_proxies=max(0, args.trusted_proxies),
+        trusted_proxies=settings.http.trusted_proxies,
         allow_origins=tuple(args.allow_origin),
     )
 
@@ -720,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     from .service import Service
 
     args, rest = _parser().parse_known_args(argv)
-    settings = AppSettings.parse([*rest, "--model", args.model, "--engine", args.engine])
+    settings = AppSettings.parse([*rest, "--model", args.model])
     settings = replace(settings, host=args.host, port=args.port)
     options = _options(args, settings)
     service = Service(settings)
