@@ -16,7 +16,7 @@ next, most urgent first:
 A job computes only while nothing above it waits or runs, and stops within one torch operation when
 something does (`Job.checkpoint`, reached through `PausePoints`), so one background job computes at a time and
 two never split the cores. A job inherits the rank of the most urgent job waiting behind it in its own worker
-(it cannot be overtaken there), so no two jobs ever wait for each other. A visitor's own request that needs a
+(it cannot be overtaken there), so jobs never wait for each other in a circle. A visitor's own request that needs a
 background result waits for that computation rather than starting a second one (the click and SAM's
 embedding: `pixelrefer.segment.sam`), which then runs as part of the request.
 
@@ -64,7 +64,8 @@ class Rank(IntEnum):
 
 
 class Background:
-    """The order between the model events (`gate`) and the workers made on it (`Worker`)."""
+    """The order between the visitors' requests (the model events of `gate`, the page events in `request()`) and
+    the background workers made on it (`Worker`)."""
 
     def __init__(self, gate: Gate) -> None:
         self.gate = gate

@@ -7,7 +7,7 @@ conversation up to the question) into the chat session's own caches, so the ques
 tokens.
 
 It never competes with a visitor: a `Gate` counts the model events in flight (answers, tracking, clicks) and
-the worker waits at its next torch operation while any runs. Beside SAM's embedding of a picture just shown
+the worker waits at its next torch operation while any runs, or while a page event is being handled. Beside SAM's embedding of a picture just shown
 (`pixelrefer.serve.prefetch`) the rule of `pixelrefer.chat.background` applies: a warm-up for a visitor with
 objects marked goes first (a question comes next), one of media with no object yet goes after the embedding
 (a click comes first). A job whose session changed since it was planned (`ChatSession.version`) stops at its
