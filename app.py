@@ -186,8 +186,10 @@ def chat_panel(settings: AppSettings, ui: SimpleNamespace) -> None:
 
 
 def generation_panel(settings: AppSettings, ui: SimpleNamespace) -> None:
-    """How answers are decoded (`pixelrefer.serve.flags.generation_settings` reads these)."""
-    with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
+    """How answers are decoded (`pixelrefer.serve.flags.generation_settings` reads these). Open from the start:
+    Gradio mounts a closed accordion's fields when it is first opened and then sets them once more to their
+    first values, which undid a value typed in that moment."""
+    with gr.Accordion("Generation settings", open=True, elem_id="generation-settings"):
         ui.max_tokens = gr.Slider(
             1,
             settings.max_new_tokens,
@@ -326,6 +328,13 @@ def wire_chat(ui: SimpleNamespace, views: Views, events: PageEvents, model: dict
     on([ui.export.click], events.on_export, [ui.state, ui.export_what], [ui.exported])
 
 
+def wire_settings(ui: SimpleNamespace, events: PageEvents) -> None:
+    """The marking tool and generation settings are kept with the work as they change (no model, nothing
+    shown), so that a reload shows them again."""
+    kept = [ui.tool, ui.max_tokens, ui.sample, ui.temperature, ui.top_p, ui.seed]
+    on([c.change for c in kept], events.on_settings, [ui.state, *kept], None, show_progress="hidden")
+
+
 def wire_model(demo: gr.Blocks, ui: SimpleNamespace, events: PageEvents, model: dict) -> None:
     """The model panel and the banner: switching (when allowed) and following another visitor's switch."""
     shown = [ui.status, ui.banner, ui.model_seen]
@@ -350,6 +359,7 @@ def build_page(service: Service) -> Page:
         wire_media(ui, views, events)
         wire_marking(ui, views, events)
         wire_chat(ui, views, events, model)
+        wire_settings(ui, events)
         wire_model(demo, ui, events, model)
         add_named_api(service, policy, ui.state)
     visitors.serve(demo, ui.state._id)

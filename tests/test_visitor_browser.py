@@ -9,7 +9,8 @@ Chromium): one browser for this module, a new context (its own localStorage, so 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from PIL import Image
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from pixelrefer.media.masks import object_color
+from pixelrefer.serve.workspace import Workspace
 
 from .app_media import DISC_RGB, SceneImage
 from .conftest import PreviewApp
@@ -185,6 +187,86 @@ def test_a_second_tab_takes_the_work_and_the_first_is_told(
     assert object_tags(first) == ["<object1>", "<object2>"]
     second.get_by_role("button", name="Keep object", exact=True).click()
     toast(second, "Your work is open in another tab")
+
+
+# ---------------------------------------------------------------------- settings
+
+
+def new_work(preview_app: PreviewApp, before: set[int]) -> Workspace:
+    """The one workspace made since `before` (the ids of those held then): this test's visitor's."""
+    visits = list(preview_app.page.events.visitors._visits.values())
+    (ws,) = [visit.ws for visit in visits if id(visit.ws) not in before]
+    return ws
+
+
+def held_now(preview_app: PreviewApp) -> set[int]:
+    return {id(visit.ws) for visit in list(preview_app.page.events.visitors._visits.values())}
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    """Wait for a server-side state the page cannot show (what the workspace keeps)."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.05)
+
+
+def test_max_tokens_typed_while_an_answer_streams_and_after_it_stay(
+    context: BrowserContext, preview_app: PreviewApp, pace
+) -> None:
+    before = held_now(preview_app)
+    page = visit(context, preview_app.url)
+    field = page.get_by_label("number input for Max new tokens")
+    # Shown from the start: a closed panel's fields are set once more when first opened, undoing what was typed.
+    expect(field).to_be_visible()
+    pick_example(page, "cat")
+    ws = new_work(preview_app, before)
+    pace(0.02, endless=True)
+    set_max_tokens(page, 300)
+    watch_chat(page)
+    page.get_by_role("button", name="Send", exact=True).click()
+    page.wait_for_function("() => window.__chatLog.some(e => e.busy && e.count === 1 && e.text.trim())")
+    set_max_tokens(page, 24)  # while the answer streams
+    page.get_by_role("button", name="Stop", exact=True).click()
+    wait_chat_done(page)
+    expect(field).to_have_value("24")
+    # The next answer is decoded with it, and the field still holds it when that answer is over.
+    pace(0.01, endless=True)
+    send(page, "And its colour?")
+    assert ws.session.history[-1].settings.max_new_tokens == 24
+    expect(field).to_have_value("24")
+    set_max_tokens(page, 12)  # after the answer
+    wait_until(lambda: ws.page_settings.get("max_new_tokens") == 12, "the typed value reached the workspace")
+    expect(field).to_have_value("12")
+
+
+def test_a_reload_brings_back_settings_changed_without_sending(
+    context: BrowserContext, preview_app: PreviewApp, scene: SceneImage
+) -> None:
+    before = held_now(preview_app)
+    page = visit(context, preview_app.url)
+    upload(page, scene.path)
+    ws = new_work(preview_app, before)
+    set_max_tokens(page, 77)
+    page.get_by_label("Sample (otherwise greedy)").check()
+    temperature = page.get_by_label("number input for Temperature")
+    expect(temperature).to_be_enabled()
+    temperature.fill("1.3")
+    temperature.blur()
+    choose_tool(page, "Brush")
+    expect(page.locator("#painter")).to_be_visible()
+    wanted = {"max_new_tokens": 77, "sample": True, "temperature": 1.3, "tool": "Brush"}
+    wait_until(lambda: all(ws.page_settings.get(k) == v for k, v in wanted.items()), "the settings were kept")
+    page.reload(wait_until="load")
+    wait_text(page, "#mark-info", "Your work is back")
+    expect(page.get_by_label("number input for Max new tokens")).to_have_value("77")
+    expect(page.get_by_label("Sample (otherwise greedy)")).to_be_checked()
+    expect(page.get_by_label("number input for Temperature")).to_have_value("1.3")
+    expect(page.get_by_label("number input for Temperature")).to_be_enabled()
+    expect(page.get_by_label("Brush", exact=True)).to_be_checked()
+    expect(page.locator("#painter")).to_be_visible()  # the brush paints on the restored picture
+    expect(page.locator("#canvas")).to_be_hidden()
+    save_screenshot(page, "reloaded_settings")
 
 
 # ---------------------------------------------------------------------- the phone

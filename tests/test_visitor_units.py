@@ -131,6 +131,34 @@ def test_the_state_callback_closes_and_forgets(pages) -> None:
     pages.visitors.release(None)  # an empty state: nothing to do
 
 
+def keep_as(visitors: Visitors, session: str, ws: object, settings: dict) -> None:
+    reset = as_session(session)
+    try:
+        visitors.keep_settings(ws, settings)
+    finally:
+        LocalContext.request.reset(reset)
+
+
+def test_changed_settings_are_kept_with_the_work(pages) -> None:
+    """Settings changed without sending reach the workspace a reload finds: before the tab has one (given to
+    its first), while the event that makes it is on its way back (the state still empty), and never the work
+    another tab took over."""
+    _, token = pages.open("tab", "")
+    keep_as(pages.visitors, "tab", None, {"tool": "Box (2 clicks)", "max_new_tokens": 40})
+    ws = pages.make("tab")
+    assert ws.page_settings == {"tool": "Box (2 clicks)", "max_new_tokens": 40}
+    keep_as(pages.visitors, "tab", None, {"max_new_tokens": 64})  # the state not yet holding it
+    keep_as(pages.visitors, "tab", ws, {"temperature": 0.7})
+    assert ws.page_settings == {"tool": "Box (2 clicks)", "max_new_tokens": 64, "temperature": 0.7}
+    assert pages.open("tab-reloaded", token)[0] is ws
+    keep_as(pages.visitors, "tab", ws, {"tool": "Brush"})  # the stale tab writes nothing
+    assert ws.page_settings["tool"] == "Box (2 clicks)"
+    # Another visitor's settings stay theirs.
+    pages.open("other", "")
+    keep_as(pages.visitors, "other", None, {"tool": "Brush"})
+    assert pages.make("other").page_settings == {"tool": "Brush"} and ws.page_settings["tool"] != "Brush"
+
+
 # ---------------------------------------------------------------------- small objects
 
 

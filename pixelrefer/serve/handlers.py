@@ -371,6 +371,13 @@ class PageEvents:
             ws.session.clear()
         return {self.ui.state: self.views.held(ws), self.ui.chatbot: []}
 
+    @event()
+    def on_settings(self, ws, tool, max_new_tokens, sample, temperature, top_p, seed) -> None:
+        """A setting the visitor changed (a generation setting, the marking tool), kept with the work without
+        sending anything (no model, nothing shown), so that a reload shows it again."""
+        settings = generation_fields(max_new_tokens, sample, temperature, top_p, seed)
+        self.visitors.keep_settings(ws, {**settings, "tool": tool})
+
     def on_sample(self, sample: bool):
         """Temperature and top-p only matter when sampling."""
         return {
@@ -445,14 +452,22 @@ _STREAMING: weakref.WeakKeyDictionary[Workspace, threading.Event] = weakref.Weak
 """Workspaces with an answer streaming, each with the event set when that answer is over (or stopped)."""
 
 
-def remember_settings(ws: Workspace, max_new_tokens, sample, temperature, top_p, seed) -> None:
-    """The generation settings of the last answer, shown again when the page is reloaded."""
-    ws.page_settings = {
+def generation_fields(max_new_tokens, sample, temperature, top_p, seed) -> dict:
+    """The generation settings as the workspace keeps them for the page (`Views.settings` shows them)."""
+    return {
         "max_new_tokens": max_new_tokens,
         "sample": bool(sample),
         "temperature": temperature,
         "top_p": top_p,
         "seed": seed,
+    }
+
+
+def remember_settings(ws: Workspace, max_new_tokens, sample, temperature, top_p, seed) -> None:
+    """The generation settings of the last answer, shown again when the page is reloaded (with the tool)."""
+    ws.page_settings = {
+        **ws.page_settings,
+        **generation_fields(max_new_tokens, sample, temperature, top_p, seed),
     }
 
 

@@ -33,8 +33,8 @@ class Views:
         """An answer: the conversation, and the question box emptied."""
         self.generation = [ui.max_tokens, ui.sample, ui.temperature, ui.top_p, ui.seed]
         """The generation settings, as `pixelrefer.serve.flags.generation_settings` reads them."""
-        self.restored = [*self.media, ui.token, *self.generation]
-        """A page load: the work the browser's token names, the token, the settings of its last answer."""
+        self.restored = [*self.media, ui.token, ui.tool, *self.generation]
+        """A page load: the work the browser's token names, the token, the tool and generation settings."""
 
     def held(self, ws: Workspace | None) -> Workspace | None:
         """What this tab's state keeps: `ws`, unless another tab of the browser took the work over."""
@@ -76,17 +76,20 @@ class Views:
         return {self.ui.state: self.held(ws), self.ui.chatbot: messages, self.ui.question: ""}
 
     def settings(self, ws: Workspace | None) -> dict:
-        """The generation settings of the workspace's last answer (none before its first)."""
+        """The marking tool and generation settings the workspace keeps (those changed or used for its last
+        answer); none for a setting never changed."""
         saved = getattr(ws, "page_settings", None) or {}
         ui = self.ui
-        shown = {
-            ui.max_tokens: saved.get("max_new_tokens"),
-            ui.sample: saved.get("sample"),
-            ui.temperature: gr.update(value=saved.get("temperature"), interactive=bool(saved.get("sample"))),
-            ui.top_p: gr.update(value=saved.get("top_p"), interactive=bool(saved.get("sample"))),
-            ui.seed: saved.get("seed"),
-        }
-        return shown if saved else {}
+        shown = {}
+        for key, component in (("tool", ui.tool), ("max_new_tokens", ui.max_tokens), ("seed", ui.seed)):
+            if saved.get(key) is not None:
+                shown[component] = saved[key]
+        if "sample" in saved:
+            sampling = bool(saved["sample"])
+            shown[ui.sample] = sampling
+            for key, component in (("temperature", ui.temperature), ("top_p", ui.top_p)):
+                shown[component] = gr.update(value=saved.get(key), interactive=sampling)
+        return shown
 
     def restore_chat(self, ws: object, *args: object, message: str) -> dict:
         """After a refused or failed answer: the conversation as it stands, the question kept for editing."""

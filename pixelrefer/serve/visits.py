@@ -87,6 +87,8 @@ class Visitors:
         """Session -> digest of the token it showed or was given at load: the workspaces it makes are held so."""
         self._moved: OrderedDict[str, float] = OrderedDict()
         """Sessions whose workspace another session took over."""
+        self._settings: OrderedDict[str, dict] = OrderedDict()
+        """Session -> settings changed before it had a workspace, given to its first one (`keep_settings`)."""
         self._sweeper: threading.Thread | None = None
 
     def serve(self, blocks: Any, state_id: int) -> None:
@@ -129,6 +131,26 @@ class Visitors:
             if digest is not None and (held is None or held.session == session):
                 self._visits[digest] = _Visit(ws, session, self.clock())
                 self._start_sweeper()
+            early = self._settings.pop(session, None)
+            if early:
+                ws.page_settings = {**early, **getattr(ws, "page_settings", {})}
+
+    def keep_settings(self, ws: object, settings: dict) -> None:
+        """Settings the visitor changed (generation, the marking tool), kept with the work so that a reload
+        shows them: in `ws`, else in the workspace the current session holds (one made by an event still on
+        its way back), else for the session's first workspace. Never a workspace another tab took over."""
+        session = current_session()
+        with self._lock:
+            if not isinstance(ws, Workspace) and session is not None:
+                digest = self._waiting.get(session)
+                held = self._visits.get(digest) if digest is not None else None
+                ws = held.ws if held is not None and held.session == session else None
+            if isinstance(ws, Workspace):
+                visit = self._visit_of(ws)
+                if visit is None or session is None or visit.session == session:
+                    ws.page_settings = {**getattr(ws, "page_settings", {}), **settings}
+            elif session is not None:
+                _remember(self._settings, session, {**self._settings.get(session, {}), **settings})
 
     def check(self, ws: object) -> None:
         """Before a page event: refuse it when this tab's work moved to another tab; else note the activity."""
@@ -172,7 +194,7 @@ class Visitors:
             for key, visit in idle:
                 del self._visits[key]
                 self._empty_state(visit.session, visit.ws)
-            for remembered in (self._waiting, self._moved):
+            for remembered in (self._waiting, self._moved, self._settings):
                 while len(remembered) > _REMEMBERED:
                     remembered.popitem(last=False)
         for _, visit in idle:
