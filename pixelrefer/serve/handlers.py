@@ -79,6 +79,7 @@ class PageEvents:
             restore, cancellable = fn.page_event
             guarded = policy.for_page(getattr(views, restore) if restore else None)(getattr(self, name))
             guarded = self._this_tab_only(guarded)
+            guarded = service.background.during(guarded)  # background work waits while it is handled
             setattr(self, name, stops_on_cancel(guarded) if cancellable else guarded)
         self.on_load_model = policy.for_api(self.on_load_model)  # a page event that says why it refused
 
