@@ -11,7 +11,14 @@ import pytest
 from gradio.context import LocalContext
 
 from pixelrefer.media.masks import mask_bbox, object_color
-from pixelrefer.serve.marks_view import MIN_RING_PX, SMALL_MASK_PIXELS, Shape, draw_objects, small_mask_note
+from pixelrefer.serve.marks_view import (
+    MARK_CLEARANCE_PX,
+    MIN_RING_PX,
+    SMALL_MASK_PIXELS,
+    Shape,
+    draw_objects,
+    small_mask_note,
+)
 from pixelrefer.serve.render import _markdown_cell
 from pixelrefer.serve.visits import MovedAway, Visitors
 from pixelrefer.serve.workspace import Workspace
@@ -210,6 +217,38 @@ def test_a_large_mask_keeps_its_label_inside_and_the_picked_one_is_highlighted()
     assert (picked[halo] > 240).all(axis=-1).sum() > (plain[halo] > 240).all(axis=-1).sum(), "no white halo"
     tint = np.abs(picked[mask].astype(int) - frame[mask]).mean()
     assert tint > np.abs(plain[mask].astype(int) - frame[mask]).mean(), "the picked one is not stronger"
+
+
+def label_pixels(drawn: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Where the picture shows the label's solid box: the object's colour itself (not a tint), off the
+    mask's outline."""
+    solid = np.abs(drawn.astype(int) - np.array(object_color(0))).sum(axis=-1) < 40
+    kernel = np.ones((7, 7), np.uint8)
+    outline = cv2.dilate(mask.astype(np.uint8), kernel) > cv2.erode(mask.astype(np.uint8), kernel)
+    return solid & ~outline
+
+
+def near(point: tuple[int, int], radius: float, shape: tuple[int, int] = (300, 400)) -> np.ndarray:
+    ys, xs = np.mgrid[: shape[0], : shape[1]]
+    return np.hypot(xs - point[0], ys - point[1]) <= radius
+
+
+def test_a_label_inside_a_large_mask_keeps_clear_of_the_click() -> None:
+    frame = np.full((300, 400, 3), 235, np.uint8)
+    mask = speck(size=120, at=(100, 80))
+    click = (160, 140)  # the middle of the mask: where its label went before
+    solid = label_pixels(draw_objects(frame, [Shape("new", mask, 0)], marks=[click]), mask)
+    assert not (solid & near(click, MARK_CLEARANCE_PX - 1)).any(), "the label covers the click"
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert (solid & inner).sum() > 300, "the label left a mask with room for it"
+    # Box corners count as marks too, and a mask with no clear spot gets its label outside, not on the click.
+    narrow = np.zeros((300, 400), bool)
+    narrow[120:166, 130:210] = True  # 80 x 46: large enough for a label inside, but not clear of its middle
+    corners = [(130, 120), (209, 165)]
+    solid = label_pixels(draw_objects(frame, [Shape("new", narrow, 0)], marks=[(170, 143), *corners]), narrow)
+    for mark in [(170, 143), *corners]:
+        assert not (solid & near(mark, MARK_CLEARANCE_PX - 1)).any(), mark
+    assert (solid & ~cv2.dilate(narrow.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)).sum() > 300
 
 
 def test_empty_masks_draw_nothing() -> None:

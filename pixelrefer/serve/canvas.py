@@ -77,7 +77,12 @@ def draw_canvas(
     shapes = [
         Shape(str(label), fitted(mask), colors[label], label == picked) for label, mask in masks.items()
     ]
-    image = draw_objects(shown, shapes)
+    marks = [at(x, y) for x, y in prompt.points]
+    if prompt.box is not None:
+        marks += [at(*prompt.box[:2]), at(*prompt.box[2:])]
+    if corner is not None:
+        marks.append(at(*corner))
+    image = draw_objects(shown, shapes, marks)
     radius = max(3, min(height, width) // 80)
     for (x, y), positive in zip(prompt.points, prompt.positive, strict=True):
         cv2.circle(image, at(x, y), radius, _POSITIVE if positive else _NEGATIVE, -1, cv2.LINE_AA)

@@ -5,7 +5,9 @@ at the mask's centre, which is right for a picture to keep. On the canvas a visi
 check a 143-pixel saucer rim: there a label written inside covers the whole object. So here a label goes
 outside a mask too small to hold it (with a leader line), a small mask gets a ring around it of at least
 `MIN_RING_PX` display pixels, and the object picked in the list is drawn stronger (a deeper tint, a white
-halo around its outline) instead of being hidden.
+halo around its outline) instead of being hidden. A label is never drawn over the visitor's own marks (the
+clicks and box corners being placed): inside a large mask it goes to the roomiest spot at least
+`MARK_CLEARANCE_PX` from them, and outside the mask when there is none.
 
 `small_mask_note` is the one rule for masks too small for the model: the official tokenizer upscales a small
 object's crop to a fixed number of patches, but a mask of a few hundred pixels carries almost no picture.
@@ -21,13 +23,15 @@ import numpy as np
 
 from ..media.masks import mask_bbox, object_color
 
-__all__ = ["SMALL_MASK_PIXELS", "Shape", "draw_objects", "small_mask_note"]
+__all__ = ["MARK_CLEARANCE_PX", "SMALL_MASK_PIXELS", "Shape", "draw_objects", "small_mask_note"]
 
 SMALL_MASK_PIXELS = 400
 """Below this many frame pixels (about 20x20, two of the vision tower's 14-px patches) the model is given an
 upscaled blur: such a mask is kept only with a warning."""
 MIN_RING_PX = 12
 """Radius of the ring drawn around a small mask, in display pixels: a thumb-sized target on a phone."""
+MARK_CLEARANCE_PX = 14
+"""Display pixels kept free between a label and a click point (the point's dot and a fingertip's slack)."""
 _TINT, _PICKED_TINT = 0.45, 0.65
 _WHITE = (255, 255, 255)
 
@@ -52,8 +56,11 @@ def small_mask_note(pixels: int, tag: str) -> str | None:
     )
 
 
-def draw_objects(frame: np.ndarray, shapes: Sequence[Shape]) -> np.ndarray:
-    """`frame` with every non-empty shape tinted, outlined (or ringed, when small), and labelled."""
+def draw_objects(
+    frame: np.ndarray, shapes: Sequence[Shape], marks: Sequence[tuple[int, int]] = ()
+) -> np.ndarray:
+    """`frame` with every non-empty shape tinted, outlined (or ringed, when small), and labelled, no label
+    over the `marks` (the visitor's click points and box corners, in `frame`'s pixels)."""
     image = np.array(frame, dtype=np.uint8)
     shapes = [s for s in shapes if s.mask.any()]
     height, width = image.shape[:2]
@@ -81,7 +88,7 @@ def draw_objects(frame: np.ndarray, shapes: Sequence[Shape]) -> np.ndarray:
             cv2.circle(image, centre, radius, _WHITE, line + (4 if shape.picked else 2), cv2.LINE_AA)
             cv2.circle(image, centre, radius, colour, line, cv2.LINE_AA)
     for shape in shapes:
-        _label(image, shape, line)
+        _label(image, shape, line, marks)
     return image
 
 
@@ -94,9 +101,30 @@ def _ring(mask: np.ndarray) -> tuple[tuple[int, int], int] | None:
     return ((x0 + x1) // 2, (y0 + y1) // 2), radius
 
 
-def _label(image: np.ndarray, shape: Shape, line: int) -> None:
-    """The label inside the mask when it fits there with room to spare, else just outside its box, above
-    (or below, at the top edge) with a leader line, so the object itself stays visible."""
+def _inside_spot(
+    mask: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int], marks: Sequence[tuple[int, int]]
+) -> tuple[int, int] | None:
+    """Where a label of `size` (width, height) is centred inside a large mask: the spot deepest inside it
+    whose label keeps `MARK_CLEARANCE_PX` from every mark, or None when the mask has no such spot."""
+    x0, y0, x1, y1 = box
+    crop = mask[y0:y1, x0:x1].astype(np.uint8)
+    depth = cv2.distanceTransform(np.pad(crop, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    half_w, half_h = size[0] / 2, size[1] / 2
+    columns, rows = np.arange(x0, x1), np.arange(y0, y1)
+    for mx, my in marks:  # the gap between a mark and the label's box around each candidate centre
+        gap_x = np.maximum(np.abs(columns - mx) - half_w, 0)
+        gap_y = np.maximum(np.abs(rows - my) - half_h, 0)
+        depth[gap_y[:, None] ** 2 + gap_x[None, :] ** 2 < MARK_CLEARANCE_PX**2] = 0
+    cy, cx = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    if depth[cy, cx] < min(half_w, half_h):  # no spot clear of the marks with the label (mostly) inside
+        return None
+    return x0 + int(cx), y0 + int(cy)
+
+
+def _label(image: np.ndarray, shape: Shape, line: int, marks: Sequence[tuple[int, int]] = ()) -> None:
+    """The label inside the mask when it fits there with room to spare, away from the marks, else just
+    outside its box, above (or below, at the top edge) with a leader line, so the object itself stays
+    visible."""
     height, width = image.shape[:2]
     scale = max(0.45, min(height, width) / 560)
     thickness = max(1, round(scale * 2))
@@ -105,11 +133,10 @@ def _label(image: np.ndarray, shape: Shape, line: int) -> None:
     box_w, box_h = text_w + 2 * pad, text_h + base + 2 * pad
     x0, y0, x1, y1 = mask_bbox(shape.mask)
     colour = object_color(shape.colour_index)
-    if x1 - x0 >= 2 * box_w and y1 - y0 >= 2 * box_h:
-        crop = shape.mask[y0:y1, x0:x1].astype(np.uint8)
-        distance = cv2.distanceTransform(np.pad(crop, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
-        cy, cx = np.unravel_index(int(np.argmax(distance)), distance.shape)
-        left, top = x0 + cx - box_w // 2, y0 + cy - box_h // 2
+    large = x1 - x0 >= 2 * box_w and y1 - y0 >= 2 * box_h
+    spot = _inside_spot(shape.mask, (x0, y0, x1, y1), (box_w, box_h), marks) if large else None
+    if spot is not None:
+        left, top = spot[0] - box_w // 2, spot[1] - box_h // 2
         leader = None
     else:  # above and to the right of the mask (or of its ring), below it at the top edge
         centre, radius = _ring(shape.mask) or (((x0 + x1) // 2, (y0 + y1) // 2), max(x1 - x0, y1 - y0) // 2)
