@@ -1,7 +1,8 @@
 """The app in a real browser: Playwright's Python package driving Debian's headless Chromium.
 
 The flows run against the app in offline preview (served in this process, see `preview_app` in
-conftest.py): an example with a streamed answer; an image uploaded onto the canvas with a clicked and a
+conftest.py, whose answers may be longer than the app's; the image and clip flows, whose screenshots are kept
+in assets/, run on one with the app's own limits, `default_app`): an example with a streamed answer; an image uploaded onto the canvas with a clicked and a
 boxed object, a chat about both, a stopped answer and a regenerated one; a clip marked on a middle frame,
 tracked, previewed and asked about; every expected error, after which the canvas still makes masks;
 Describe with three objects; the brush starting clean after Keep; a clip example opening the clip view;
@@ -24,6 +25,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +39,8 @@ from pixelrefer.media.video import load_clip, probe_video, read_frames
 from pixelrefer.model import engine as transformers_engine
 
 from .app_media import SceneClip, SceneImage, iou, write_scene_clip, write_scene_image
-from .app_process import RunningApp
-from .conftest import APP_PREVIEW_MAX_NEW_TOKENS, REPO, PreviewApp, fixtures_root
+from .app_process import RunningApp, free_port
+from .conftest import REPO, PreviewApp, fixtures_root
 
 pytestmark = pytest.mark.browser
 
@@ -80,6 +82,47 @@ def open_app(browser: Browser, url: str, viewport: dict = VIEWPORT) -> Page:
     page.goto(url, wait_until="load")
     page.wait_for_selector("#chat")
     return page
+
+
+@pytest.fixture(scope="module")
+def default_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp]:
+    """The offline preview with the app's own limits (the session's preview app raises the answer length for
+    the other tests): the README's image-flow screenshot shows what a visitor of `python app.py` sees."""
+    import app
+    from pixelrefer.serve.service import AppSettings, Service
+
+    defaults = AppSettings()
+    many = 10_000  # every visitor of the tests comes from 127.0.0.1
+    clients = replace(
+        defaults.http,
+        requests_per_client=many,
+        sessions_per_client=many,
+        waiting_per_client=many,
+        queued_per_client=many,
+    )
+    settings = replace(
+        defaults, preview_dir=tmp_path_factory.mktemp("default-app"), http=clients, ram_budget_gb=8.0
+    )
+    service = Service(settings).start()
+    built = app.build_page(service)
+    port = free_port()
+    built.demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+        **app.launch_options(settings),
+    )  # fmt: skip
+    try:
+        yield PreviewApp(f"http://127.0.0.1:{port}/", built.demo, service, built.examples, built)
+    finally:
+        built.demo.close()
+        service.close()
+
+
+@pytest.fixture()
+def default_page(browser: Browser, default_app: PreviewApp) -> Iterator[Page]:
+    """A new visitor on the app with its own limits."""
+    opened = open_app(browser, default_app.url)
+    yield opened
+    opened.context.close()
 
 
 @pytest.fixture()
@@ -378,8 +421,9 @@ def test_example_gives_a_streamed_answer(page: Page, preview_app: PreviewApp, sc
 
 
 def test_image_two_objects_chat_stop_regenerate(
-    page: Page, preview_app: PreviewApp, scene: SceneImage, tmp_path: Path, pace: Callable[..., None]
+    default_page: Page, default_app: PreviewApp, scene: SceneImage, tmp_path: Path, pace: Callable[..., None]
 ) -> None:
+    page = default_page  # the app's own limits, as the README's screenshot shows them
     upload(page, scene.path)
 
     # One click on the disc, kept as <object1>.
@@ -418,9 +462,10 @@ def test_image_two_objects_chat_stop_regenerate(
     assert tag_colour(page, 0, "<object1>") == css_rgb(object_color(0))
     assert tag_colour(page, 0, "<object2>") == css_rgb(object_color(1))
 
-    # A long answer, stopped while it streams: 4096 tokens at 50 a second, so Stop lands in the middle.
+    # A long answer, stopped while it streams: the app's limit (512) at 50 tokens a second, so Stop lands in the
+    # middle.
     pace(0.02, endless=True)
-    set_max_tokens(page, APP_PREVIEW_MAX_NEW_TOKENS)
+    set_max_tokens(page, default_app.service.settings.max_new_tokens)
     page.locator("#question textarea").fill("Describe <object2> next to <object1> in great detail.")
     watch_chat(page)
     page.get_by_role("button", name="Send", exact=True).click()
@@ -433,9 +478,10 @@ def test_image_two_objects_chat_stop_regenerate(
     assert len(stopped) == 2 and stopped[0] == final
     assert stopped[1].rstrip().endswith("(stopped)"), stopped[1][-200:]
 
-    # Regenerate answers the stopped question again, in its place, to the end.
+    # Regenerate answers the stopped question again, in its place, to the end (at the page's default length).
     pace(0.01, endless=True)
-    set_max_tokens(page, 32)
+    page.locator("#generation-settings").get_by_test_id("reset-button").first.click()
+    expect(page.get_by_label("number input for Max new tokens")).to_have_value("256")
     watch_chat(page)
     page.get_by_role("button", name="Regenerate", exact=True).click()
     log = wait_chat_done(page)
@@ -447,7 +493,10 @@ def test_image_two_objects_chat_stop_regenerate(
     save_screenshot(page, "image_flow", readme=True)
 
 
-def test_clip_marked_on_a_middle_frame_tracked_and_asked(page: Page, clip: SceneClip, tmp_path: Path) -> None:
+def test_clip_marked_on_a_middle_frame_tracked_and_asked(
+    default_page: Page, clip: SceneClip, tmp_path: Path
+) -> None:
+    page = default_page  # the app's own limits, as its screenshot shows them
     sampled = load_clip(clip.path)
     assert len(sampled) == 4
     middle = 2
