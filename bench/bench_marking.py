@@ -21,8 +21,9 @@ rest of the computation is what that click had to wait for.
 
 Answer latency with and without the background embedding: a new visitor picks an example (a picture with its
 objects marked) and sends its question at once, while the embedding of the picture is wanted too (after) or
-not (before); timed from Send to the first text of the answer and to its end. These run first, before-after
-alternating, while the examples' embeddings are not yet cached.
+not (before); timed from Send to the first text of the answer and to its end. These run after the clicks,
+before-after alternating (the examples' pictures are not among the clicked ones, so their embeddings are not
+cached), and the embeddings of the click trials are those the app logged before them.
 
 Segmenters: GrabCut (the offline fallback; no embedding, one run) and SAM 2.1 tiny with random weights at the
 real shape (`sam21_config`, 1024 px input: timings are those of the real checkpoint). The photos are the
@@ -117,7 +118,7 @@ def build_sam(folder: Path) -> Path:
 LAUNCH = """
 import logging, runpy, sys, time, torch
 torch.set_flush_denormal(True)
-logging.basicConfig()
+logging.basicConfig(format="%(created).3f %(levelname)s:%(name)s:%(message)s")
 logging.getLogger("pixelrefer.serve.prefetch").setLevel(logging.INFO)
 logging.getLogger("bench").setLevel(logging.INFO)
 import pixelrefer.serve.handlers as handlers
@@ -339,8 +340,9 @@ def answers_at_once(
 
 
 READY = re.compile(
-    r"SAM image embedding ready ([\d.]+) s after the picture was shown \(([\d.]+) s computing"
-    r"[^;)]*(?:; a click waited for it from ([\d.]+) s)?"
+    r"^([\d.]+) .*SAM image embedding ready ([\d.]+) s after the picture was shown \(([\d.]+) s computing, "
+    r"([\d.]+) s paused(?:; a click waited for it from ([\d.]+) s)?",
+    re.MULTILINE,
 )
 
 
@@ -349,6 +351,8 @@ class Ready:
     ready: float
     """From the picture shown to the embedding kept."""
     computing: float
+    paused: float
+    """Waiting for its turn (visitors' requests, a warm-up for a question)."""
     clicked: float | None
     """From the picture shown to a click waiting for it (None: it was ready before any click)."""
 
@@ -361,10 +365,14 @@ def answered_in_app(log: Path) -> list[tuple[float, float]]:
     return [(float(a), float(b)) for a, b in ANSWERED.findall(log.read_text(errors="replace"))]
 
 
-def embedding_ready(log: Path) -> list[Ready]:
-    """Every background embedding the app logged."""
+def embedding_ready(log: Path, until: float) -> list[Ready]:
+    """Every background embedding the app logged before `until` (a `time.time()`)."""
     found = READY.findall(log.read_text(errors="replace"))
-    return [Ready(float(a), float(b), float(c) if c else None) for a, b, c in found]
+    return [
+        Ready(float(b), float(c), float(d), float(e) if e else None)
+        for a, b, c, d, e in found
+        if float(a) < until
+    ]
 
 
 def p95(values: list[float]) -> float:
@@ -405,7 +413,7 @@ def main() -> None:
     parser.add_argument(
         "--short",
         action="store_true",
-        help="a smoke run (about 3 minutes on 2 idle CPUs): SAM only, the first photo as shipped, one trial "
+        help="a smoke run (about 2 minutes): SAM only, the first photo as shipped, one trial "
         "per look and mode, one later click, one example's answer",
     )
     args = parser.parse_args()
@@ -441,13 +449,14 @@ def main() -> None:
                         mode: apps.enter_context(serve(sam2, logs[mode], flags)).url
                         for mode, flags in modes.items()
                     }
-                    if not args.no_answers and segmenter != "grabcut":
-                        answers += [(segmenter, *row) for row in answers_at_once(browser, urls, examples)]
                     results[segmenter] = first_clicks(
                         browser, urls, shots, args.looks, args.repeats, args.clicks, work
                     )
+                    clicked = time.time()
+                    if not args.no_answers and segmenter != "grabcut":
+                        answers += [(segmenter, *row) for row in answers_at_once(browser, urls, examples)]
                 for mode in modes:
-                    ready[(segmenter, mode)] = embedding_ready(logs[mode])
+                    ready[(segmenter, mode)] = embedding_ready(logs[mode], clicked)
                     in_app = iter(answered_in_app(logs[mode]))
                     answers = [
                         (*row, *next(in_app, (None, None))) if row[:2] == (segmenter, mode) else row
@@ -501,6 +510,13 @@ def main() -> None:
         for mode in dict.fromkeys(t.mode for t in trials):
             rows = [row[1:] for row in answers if row[0] == segmenter]
             print(summary(segmenter, mode, trials, args.looks, ready.get((segmenter, mode), []), rows))
+    for (segmenter, mode), found in ready.items():
+        if found:
+            each = ", ".join(
+                f"{r.ready:.2f}/{r.computing:.2f}/{r.paused:.2f}" + (f"/{r.clicked:.2f}" if r.clicked else "")
+                for r in found
+            )
+            print(f"{segmenter} {mode}, each embedding: ready/computing/paused[/clicked at] {each}")
     for segmenter, mode, name, started, done, app_first, app_done in answers:
         in_app = "-" if app_done is None else f"{app_first:.2f} / {app_done:.2f} s"
         print(
