@@ -433,7 +433,7 @@ def main() -> None:
             f"repo {REPO} · {os.cpu_count()} CPUs · load average {os.getloadavg()[0]:.2f} at the start · "
             f"{args.repeats} trials per photo, look and mode, {args.clicks} later clicks each"
         )
-        answers, ready, results = [], {}, {}
+        answers, ready, results, phases = [], {}, {}, []
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
@@ -445,16 +445,23 @@ def main() -> None:
                 )
                 logs = {mode: work / f"{segmenter}-{mode}.log" for mode in modes}
                 with contextlib.ExitStack() as apps:
+                    mark = time.monotonic()
                     urls = {
                         mode: apps.enter_context(serve(sam2, logs[mode], flags)).url
                         for mode, flags in modes.items()
                     }
+                    phases.append(f"{segmenter}: apps started in {time.monotonic() - mark:.0f} s")
+                    mark = time.monotonic()
                     results[segmenter] = first_clicks(
                         browser, urls, shots, args.looks, args.repeats, args.clicks, work
                     )
-                    clicked = time.time()
+                    phases.append(
+                        f"{len(results[segmenter])} click trials in {time.monotonic() - mark:.0f} s"
+                    )
+                    clicked, mark = time.time(), time.monotonic()
                     if not args.no_answers and segmenter != "grabcut":
                         answers += [(segmenter, *row) for row in answers_at_once(browser, urls, examples)]
+                        phases.append(f"answers in {time.monotonic() - mark:.0f} s")
                 for mode in modes:
                     ready[(segmenter, mode)] = embedding_ready(logs[mode], clicked)
                     in_app = iter(answered_in_app(logs[mode]))
@@ -523,7 +530,9 @@ def main() -> None:
             f"answer right after picking '{name}', {segmenter} prefetch {mode}: first text {started:.2f} s, "
             f"done {done:.2f} s (in the app {in_app})"
         )
-    print(f"load average {ended_load:.2f} at the end; {time.monotonic() - began:.0f} s in all")
+    print(
+        f"load average {ended_load:.2f} at the end; {time.monotonic() - began:.0f} s in all ({'; '.join(phases)})"
+    )
 
 
 if __name__ == "__main__":
