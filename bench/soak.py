@@ -238,12 +238,14 @@ class Attacker:
         from gradio_client import handle_file
 
         own = client(self.url, self.address)
-        if (
-            self.tally.call("unread: set-up", own.predict, image=handle_file(self.small[0]), api_name="/open")
-            is None
-        ):
-            return
-        self.tally.call("unread: set-up", own.predict, handle_file(self.small[1]), 0, api_name="/add_object")
+        steps = [
+            lambda: own.predict(image=handle_file(self.small[0]), api_name="/open"),
+            lambda: own.predict(handle_file(self.small[1]), 0, api_name="/add_object"),
+        ]
+        for step in steps:  # the client's own flood may hold its share of the queue: try until it gets in
+            while self.tally.call("unread: set-up", step) is None:
+                if self.stop.wait(1):
+                    return
         while not self.stop.is_set():
             body = {
                 "data": [None, "What is <object1>?", 512, 1],
