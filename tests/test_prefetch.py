@@ -484,7 +484,10 @@ def test_in_the_app_a_click_gets_its_embedding_at_once_while_a_question_warms_up
         assert held.reached.wait(30)
         assert not warmed()
         clicker.open_image(picture(20))
-        assert not service.prefetcher.wait(0.3)  # it waits for the warm-up, encoder not started
+        deadline = time.monotonic() + 30
+        while not service.segmenter._pending:  # the job has begun, and waits for the warm-up
+            assert time.monotonic() < deadline, "the embedding did not begin"
+            time.sleep(0.01)
         assert counts.tower == 0
         thread = threading.Thread(target=lambda: results.append(clicker.click(60, 40, "positive")))
         thread.start()
