@@ -38,11 +38,9 @@ from contextlib import contextmanager
 from enum import IntEnum
 from typing import Generic, TypeVar
 
-from torch.overrides import TorchFunctionMode
-
 from .gate import Cancelled, Gate
 
-__all__ = ["Background", "Job", "PausePoints", "Rank", "Worker"]
+__all__ = ["Background", "Job", "Rank", "Worker"]
 
 _log = logging.getLogger(__name__)
 
@@ -178,19 +176,6 @@ class Job(Generic[R]):
 
     def failed(self, reason: str) -> R:
         raise NotImplementedError
-
-
-class PausePoints(TorchFunctionMode):
-    """Calls `pause()` before every torch operation of this thread, so background work stops within one
-    operation (a matmul, not a layer). A torch-function mode is thread-local: other threads never see it."""
-
-    def __init__(self, pause: Callable[[], None]) -> None:
-        super().__init__()
-        self.pause = pause
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.pause()
-        return func(*args, **(kwargs or {}))
 
 
 class Worker(Generic[R]):

@@ -33,7 +33,8 @@ import numpy as np
 from ..model.cache import FeatureCache
 from ..model.processing import Turn
 from ..runtime.errors import InputError
-from .background import Background, Job, PausePoints, Rank, Worker
+from ..runtime.pause import PausePoints
+from .background import Background, Job, Rank, Worker
 from .gate import Cancelled, Gate
 
 if TYPE_CHECKING:

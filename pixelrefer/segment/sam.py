@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.overrides import TorchFunctionMode
 from transformers import (
     Sam2ImageProcessor,
     Sam2Model,
@@ -44,6 +43,7 @@ from ..media.masks import ObjectId, clean_mask
 from ..runtime.devices import GpuInfo, PlacementError, freest_gpu, resolve_dtype, visible_gpus
 from ..runtime.errors import InputError
 from ..runtime.hub import resolve_source
+from ..runtime.pause import PausePoints
 from .base import Progress, Prompt, Segmenter, SegmentResult, Tracks, rank_candidates
 
 __all__ = [
@@ -293,19 +293,6 @@ class _Pending:
         self.waiters = 0
 
 
-class _PausePoints(TorchFunctionMode):
-    """Calls `pause()` before every torch operation of this thread (a torch-function mode is thread-local, so
-    other threads' calls never see it): background work stops within one operation when asked."""
-
-    def __init__(self, pause: Callable[[], None]) -> None:
-        super().__init__()
-        self.pause = pause
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.pause()
-        return func(*args, **(kwargs or {}))
-
-
 class Sam2Segmenter(Segmenter):
     """SAM 2.1: clicks, boxes and scribbles on images; prompts on any frames tracked through a clip."""
 
@@ -452,7 +439,7 @@ class Sam2Segmenter(Segmenter):
             return pending.waiters > 0
 
         def compute() -> list[torch.Tensor]:
-            with _PausePoints(lambda: pause(wanted)), torch.inference_mode(), self.placement.autocast():
+            with PausePoints(lambda: pause(wanted)), torch.inference_mode(), self.placement.autocast():
                 return self._encode(image)
 
         self._finish(key, pending, compute)
