@@ -263,7 +263,7 @@ def test_a_reload_brings_back_settings_changed_without_sending(
     expect(page.get_by_label("Sample (otherwise greedy)")).to_be_checked()
     expect(page.get_by_label("number input for Temperature")).to_have_value("1.3")
     expect(page.get_by_label("number input for Temperature")).to_be_enabled()
-    expect(page.get_by_label("Brush", exact=True)).to_be_checked()
+    expect(page.locator("#tool").get_by_label("Brush", exact=True)).to_be_checked()
     expect(page.locator("#painter")).to_be_visible()  # the brush paints on the restored picture
     expect(page.locator("#canvas")).to_be_hidden()
     save_screenshot(page, "reloaded_settings")
