@@ -177,6 +177,8 @@ class Attacker:
         self.address = "10.66.6.6"
         self.headers = {"X-Forwarded-For": self.address}
         self.unread: list[httpx.Response] = []
+        self.own = None
+        """The session whose answers are left unread (`set_up_unread`)."""
         self.http = httpx.Client(base_url=url, headers=self.headers, timeout=30)
 
     def flood_sessions(self) -> None:
@@ -233,19 +235,18 @@ class Attacker:
                 self.tally.note("blobs: 20 MB upload", "failed", f"{type(exc).__name__}: {exc}")
             time.sleep(0.5)
 
-    def leave_streams_unread(self, fn_index: int) -> None:
-        """Join /ask events of a session with long answers and open their event streams without reading."""
+    def set_up_unread(self) -> None:
+        """Before the load (not counted): the session whose answers the client will leave unread, with an
+        object to ask about; under load its own flood holds the client's share and it would never get in."""
         from gradio_client import handle_file
 
-        own = client(self.url, self.address)
-        steps = [
-            lambda: own.predict(image=handle_file(self.small[0]), api_name="/open"),
-            lambda: own.predict(handle_file(self.small[1]), 0, api_name="/add_object"),
-        ]
-        for step in steps:  # the client's own flood may hold its share of the queue: try until it gets in
-            while self.tally.call("unread: set-up", step) is None:
-                if self.stop.wait(1):
-                    return
+        self.own = client(self.url, self.address)
+        self.own.predict(image=handle_file(self.small[0]), api_name="/open")
+        self.own.predict(handle_file(self.small[1]), 0, api_name="/add_object")
+
+    def leave_streams_unread(self, fn_index: int) -> None:
+        """Join /ask events of a session with long answers and open their event streams without reading."""
+        own = self.own
         while not self.stop.is_set():
             body = {
                 "data": [None, "What is <object1>?", 512, 1],
@@ -324,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         ready = app.rss_mb()
         print(f"set-up: {len(visitors)} visitors in {took:.0f} s; RSS {ready:.0f} MB", flush=True)
         attacker = Attacker(app.url, small, tally, stop)
+        attacker.set_up_unread()
         ask_index = api_index(app.url, "ask")
         jobs = [
             attacker.flood_sessions,
