@@ -4,10 +4,11 @@ Starts `python app.py` (offline preview: tiny random PixelRefer, GrabCut) as a s
 way `bench/load.py` does (its `AppProcess`), behind one declared proxy (`--trusted-proxies 1`), so that
 each visitor can come from its own address (`X-Forwarded-For`), as visitors of a Space do. Then:
 
-1. set-up (not counted): `--visitors` visitors (default 64, the default `--max-sessions`), each from its own
-   address, open the largest clip the app keeps (16 sampled frames at 1920x1080) and add `--objects`
-   frame-sized masks through the named API (`/open`, `/add_object`; default 16, the most a visitor may
-   mark: the public API's stand-in for tracked objects, one full-frame mask each);
+1. set-up (not counted): `--visitors` visitors (default 64; the app gets `--max-sessions` one more, the last
+   place for the second client's chat below), each from its own address, open the largest clip the app
+   keeps (16 sampled frames at 1920x1080) and add `--objects` frame-sized masks through the named API
+   (`/open`, `/add_object`; default 16, the most a visitor may mark: the public API's stand-in for tracked
+   objects, one full-frame mask each); then the second client opens the chat it will leave unread;
 2. load for `--minutes` (default 10): the visitors keep asking (`/ask`, a few at a time), while a second
    client, from one other address, in parallel
    - floods new sessions (`/open` from fresh sessions, as fast as it can),
@@ -307,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="pixelrefer-soak-"))
     clip, masks, small = write_clip(folder), write_masks(folder, args.objects), write_small(folder)
-    extra = ["--trusted-proxies", "1", "--max-sessions", str(max(64, args.visitors))]
+    # one place more than the visitors: the second client's chat whose answers it leaves unread
+    extra = ["--trusted-proxies", "1", "--max-sessions", str(args.visitors + 1)]
     extra += ["--ram-budget-gb", str(args.ram_budget_gb)]
     print(
         f"# bench/soak.py: app.py in offline preview, {args.visitors} visitors each with a "
