@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -125,10 +126,10 @@ APP_PREVIEW_MAX_NEW_TOKENS = 4096
 """The preview app's token limit in the tests: long enough that a visitor can stop an answer mid-way."""
 
 
-@pytest.fixture(scope="session")
-def preview_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp]:
-    """The app in offline preview (tiny random PixelRefer built under a temporary folder, GrabCut masks),
-    built with its own Service and launched once per test run as `main()` launches it, on a free port."""
+@contextlib.contextmanager
+def serving_preview(folder: Path, **overrides: Any) -> Iterator[PreviewApp]:
+    """The app in offline preview (tiny random PixelRefer built under `folder`, GrabCut masks), built with its
+    own Service and launched as `main()` launches it, on a free port; `overrides` replace AppSettings fields."""
     import app
     from pixelrefer.serve.clients import HttpLimits
     from pixelrefer.serve.service import AppSettings, Service
@@ -145,10 +146,10 @@ def preview_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp
     )
     settings = replace(
         AppSettings(),
-        preview_dir=tmp_path_factory.mktemp("app-preview"),
-        max_new_tokens=APP_PREVIEW_MAX_NEW_TOKENS,
+        preview_dir=folder,
         http=clients,
         ram_budget_gb=8.0,  # fixed: the default follows free memory, which a busy host makes too small
+        **overrides,
     )
     service = Service(settings).start()
     assert service.preview, f"the app should fall back to its offline preview, not serve {service.requested}"
@@ -167,6 +168,16 @@ def preview_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp
     finally:
         page.demo.close()
         service.close()
+
+
+@pytest.fixture(scope="session")
+def preview_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp]:
+    """The app in offline preview, launched once per test run, with answers of up to
+    `APP_PREVIEW_MAX_NEW_TOKENS`."""
+    with serving_preview(
+        tmp_path_factory.mktemp("app-preview"), max_new_tokens=APP_PREVIEW_MAX_NEW_TOKENS
+    ) as running:
+        yield running
 
 
 @pytest.fixture()

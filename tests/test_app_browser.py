@@ -25,7 +25,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +38,8 @@ from pixelrefer.media.video import load_clip, probe_video, read_frames
 from pixelrefer.model import engine as transformers_engine
 
 from .app_media import SceneClip, SceneImage, iou, write_scene_clip, write_scene_image
-from .app_process import RunningApp, free_port
-from .conftest import REPO, PreviewApp, fixtures_root
+from .app_process import RunningApp
+from .conftest import REPO, PreviewApp, fixtures_root, serving_preview
 
 pytestmark = pytest.mark.browser
 
@@ -88,33 +87,8 @@ def open_app(browser: Browser, url: str, viewport: dict = VIEWPORT) -> Page:
 def default_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PreviewApp]:
     """The offline preview with the app's own limits (the session's preview app raises the answer length for
     the other tests): the README's image-flow screenshot shows what a visitor of `python app.py` sees."""
-    import app
-    from pixelrefer.serve.service import AppSettings, Service
-
-    defaults = AppSettings()
-    many = 10_000  # every visitor of the tests comes from 127.0.0.1
-    clients = replace(
-        defaults.http,
-        requests_per_client=many,
-        sessions_per_client=many,
-        waiting_per_client=many,
-        queued_per_client=many,
-    )
-    settings = replace(
-        defaults, preview_dir=tmp_path_factory.mktemp("default-app"), http=clients, ram_budget_gb=8.0
-    )
-    service = Service(settings).start()
-    built = app.build_page(service)
-    port = free_port()
-    built.demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-        **app.launch_options(settings),
-    )  # fmt: skip
-    try:
-        yield PreviewApp(f"http://127.0.0.1:{port}/", built.demo, service, built.examples, built)
-    finally:
-        built.demo.close()
-        service.close()
+    with serving_preview(tmp_path_factory.mktemp("default-app")) as running:
+        yield running
 
 
 @pytest.fixture()

@@ -82,6 +82,21 @@ def marked(service: Service, visitors: list[Workspace], seed: int = 0) -> Worksp
     return ws
 
 
+def clip_with_object(
+    service: Service, visitors: list[Workspace], tmp_path: Path
+) -> tuple[Workspace, tuple[int, int]]:
+    """A visitor with a 3-frame clip and one object marked on its first frame; the clip's (width, height)."""
+    clip = write_scene_clip(tmp_path, seconds=3, fps=4)
+    ws = Workspace(service)
+    visitors.append(ws)
+    ws.open_video(clip.path)
+    width, height = clip.size
+    mask = np.zeros((height, width), bool)
+    mask[100:140, 40:100] = True
+    ws.add_mask(mask, ws.clip.indices[0])
+    return ws, (width, height)
+
+
 def cpu(ws: Workspace, *kinds: str) -> int:
     held = holdings(ws).get("cpu", {})
     return sum(held.get(kind, 0) for kind in kinds) if kinds else sum(held.values())
@@ -196,14 +211,7 @@ def test_a_clip_is_measured_from_its_metadata_and_refused_before_it_is_decoded(
 def test_tracking_is_checked_before_it_runs(
     service: Service, visitors: list[Workspace], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clip = write_scene_clip(tmp_path, seconds=3, fps=4)
-    ws = Workspace(service)
-    visitors.append(ws)
-    ws.open_video(clip.path)
-    width, height = clip.size
-    mask = np.zeros((height, width), bool)
-    mask[100:140, 40:100] = True
-    ws.add_mask(mask, ws.clip.indices[0])
+    ws, (width, height) = clip_with_object(service, visitors, tmp_path)
     service.warmer.wait(30)
     tracked: list[object] = []
     monkeypatch.setattr(service.segmenter, "track", lambda *a, **k: tracked.append(a))
@@ -344,14 +352,7 @@ def test_everything_a_visitor_keeps_alive_is_counted(
     """The budget bounds memory only if `holdings` sees all of it: a clip with a tracked object, after two
     answers, keeps alive no array or tensor the budget does not count (a session once kept the last prompt's
     pixels, 68 MB for 16 frames at 1080p, which nobody counted)."""
-    clip = write_scene_clip(tmp_path, seconds=3, fps=4)
-    ws = Workspace(service)
-    visitors.append(ws)
-    ws.open_video(clip.path)
-    width, height = clip.size
-    mask = np.zeros((height, width), bool)
-    mask[100:140, 40:100] = True
-    ws.add_mask(mask, ws.clip.indices[0])
+    ws, (width, height) = clip_with_object(service, visitors, tmp_path)
     ws.track()
     for question in ("What is <object1>?", "And where does it go?"):
         assert [r for r in ws.ask(question, SHORT)][-1].exchange is not None
